@@ -1,0 +1,1 @@
+"""LNURL gateway: Boltcard taps, LNURL-withdraw, BTCPay webhooks and reconciliation."""
