@@ -1,0 +1,105 @@
+"""Engines and transactions for PostgreSQL (production) and SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./flash-payouts.db"
+
+
+class DatabaseUrlError(ValueError):
+    """The database URL cannot be used."""
+
+
+def parse_database_url(url: str) -> URL:
+    """Parse and normalise a database URL to an async driver, or raise DatabaseUrlError."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseUrlError(f"malformed database URL {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        if parsed.get_driver_name() not in ("psycopg", "psycopg_async", "psycopg2", ""):
+            raise DatabaseUrlError(
+                f"unsupported PostgreSQL driver in {parsed!r}; use postgresql+psycopg://"
+            )
+        return parsed.set(drivername="postgresql+psycopg")
+    raise DatabaseUrlError(
+        f"unsupported database {backend!r}; use sqlite+aiosqlite:///FILE or postgresql+psycopg://..."
+    )
+
+
+def sync_url(url: str | URL) -> URL:
+    """The same database through a synchronous driver (for Alembic and bulk tools)."""
+    parsed = parse_database_url(str(url) if isinstance(url, URL) else url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite")
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+    """An async engine. SQLite gets WAL, foreign keys, a busy timeout and IMMEDIATE transactions.
+
+    IMMEDIATE matters: with SQLite's default deferred transactions two writers that both read
+    first deadlock on the upgrade to a write lock; taking the write lock at BEGIN serialises them.
+    """
+    parsed = parse_database_url(url)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_async_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("flash_readonly"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite(engine_or_conn: AsyncEngine | AsyncConnection) -> bool:
+    return engine_or_conn.dialect.name == "sqlite"
+
+
+def readonly(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine for readers: on SQLite their transactions take no write lock."""
+    return engine.execution_options(flash_readonly=True)
+
+
+async def check_connection(engine: AsyncEngine, timeout: float = 5.0) -> None:
+    """Raise if the database cannot be reached within ``timeout`` seconds."""
+    from sqlalchemy import text
+
+    async def ping() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    await asyncio.wait_for(ping(), timeout)
