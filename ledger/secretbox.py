@@ -81,10 +81,15 @@ class SecretBox:
     def open(self, token: str, *, context: bytes = b"") -> bytes:
         if not isinstance(token, str) or not token.startswith(_PREFIX):
             raise SecretBoxError("not a sealed secret of a known version")
+        body = token[len(_PREFIX) :]
         try:
-            raw = _b64decode(token[len(_PREFIX) :])
+            raw = _b64decode(body)
         except (binascii.Error, ValueError):
             raise SecretBoxError("sealed secret is not valid base64") from None
+        # Base64 decoders ignore the unused low bits of the last character; insisting on the
+        # one canonical spelling keeps every token for a ciphertext byte-for-byte unique.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != body:
+            raise SecretBoxError("sealed secret is not in canonical form")
         if len(raw) < _NONCE_LEN + _TAG_LEN:
             raise SecretBoxError("sealed secret is truncated")
         nonce, ciphertext, tag = raw[:_NONCE_LEN], raw[_NONCE_LEN:-_TAG_LEN], raw[-_TAG_LEN:]
