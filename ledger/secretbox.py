@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import secrets
 import string
 
@@ -107,6 +108,15 @@ class SecretBox:
 
     def open_text(self, token: str, *, context: bytes = b"") -> str:
         return self.open(token, context=context).decode("utf-8")
+
+    def fingerprint(self, data: bytes, *, purpose: bytes) -> str:
+        """A keyed, non-reversible identifier of ``data`` (HMAC-SHA256 under a per-purpose key).
+
+        Used where a secret or personal value must be found by index without being stored:
+        a card's UID (tap lookup), a card's K1 (which cards share it).
+        """
+        subkey = hmac.new(self._key, b"flash-fingerprint\x00" + purpose, hashlib.sha256).digest()
+        return hmac.new(subkey, bytes(data), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
         return "SecretBox(<key hidden>)"

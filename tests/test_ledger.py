@@ -314,3 +314,24 @@ async def test_sqlite_default_url_and_engine_work_on_a_file(tmp_path) -> None:
         assert await count(eng, select(func.count()).select_from(Payout)) == 1
     finally:
         await eng.dispose()
+
+
+async def test_store_upsert_keeps_fields_not_given_and_opt_out_sticks(engine: AsyncEngine) -> None:
+    from ledger.stores import get_store, list_stores, set_card_tracking, upsert_store
+
+    async with engine.begin() as conn:
+        await upsert_store(conn, "S1", name="Shop", webhook_secret_sealed="v1:sealed")
+        await upsert_store(conn, "S1", btcpay_url="http://btcpay")
+        assert await set_card_tracking(conn, "S1", False)
+        assert not await set_card_tracking(conn, "missing", False)
+    async with engine.connect() as conn:
+        store = await get_store(conn, "S1")
+        assert [s.id for s in await list_stores(conn)] == ["S1"]
+    assert store is not None
+    assert (store.name, store.btcpay_url, store.webhook_secret_sealed) == (
+        "Shop",
+        "http://btcpay",
+        "v1:sealed",
+    )
+    assert store.card_tracking is False
+    assert "sealed" not in repr(store)
