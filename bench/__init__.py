@@ -1,0 +1,1 @@
+"""Benchmarks: each suite measures a goal beside a baseline taken in the same run."""

@@ -1,0 +1,104 @@
+"""What every benchmark suite shares: results beside their baselines, saved as JSON.
+
+A suite module ``bench/<suite>.py`` has ``async def run(options: BenchOptions) -> list[Result]``
+and can be run alone with ``python -m bench.<suite>``. Each result carries the baseline measured
+in the same run (the raw SQL behind an endpoint timed through psycopg, pgbench's TPS for the
+equivalent write, ...), so it reads as a ratio that these noisy machines keep stable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_PG = os.environ.get(
+    "FLASH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass
+class BenchOptions:
+    postgres_url: str = DEFAULT_PG
+    quick: bool = False  # smaller sizes, for a smoke run
+    sizes: Sequence[int] = ()
+
+
+@dataclass
+class Result:
+    suite: str
+    case: str
+    metric: str  # e.g. "events/s", "p99 ms", "s"
+    value: float
+    size: str = ""
+    baseline: str = ""  # what the baseline is
+    baseline_value: float | None = None
+    goal: str = ""
+    met: bool | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline_value:
+            return None
+        return self.value / self.baseline_value
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = 0
+    return f"{platform.machine()}, {cpus} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def save(suite: str, results: list[Result]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{suite}.json"
+    payload = {
+        "suite": suite,
+        "machine": machine(),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "results": [asdict(r) | {"ratio": r.ratio} for r in results],
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    if not ordered:
+        return {"p50": 0.0, "p99": 0.0}
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": pick(0.50), "p99": pick(0.99), "mean": statistics.fmean(ordered)}
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def print_results(results: list[Result]) -> None:
+    for r in results:
+        base = f"  baseline {r.baseline}: {r.baseline_value:.4g}" if r.baseline_value else ""
+        ratio = f"  ratio {r.ratio:.3g}" if r.ratio is not None else ""
+        goal = f"  goal {r.goal} {'met' if r.met else 'NOT met'}" if r.goal else ""
+        print(
+            f"{r.suite:10} {r.case:40} {r.size:>10} {r.value:12.4g} {r.metric}{base}{ratio}{goal}"
+        )
