@@ -1,0 +1,885 @@
+"""The BTCPay simulator, observed over HTTP the way the gateway and reconciler see BTCPay."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import bolt11
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from btcpay_sim import InvoiceMinter, ProgressDelays, SimConfig, create_app
+
+PAYOUT_FIELDS = {
+    "id",
+    "revision",
+    "pullPaymentId",
+    "date",
+    "destination",
+    "originalAmount",
+    "originalCurrency",
+    "payoutAmount",
+    "payoutCurrency",
+    "payoutMethodId",
+    "state",
+    "paymentProof",
+    "metadata",
+}
+WEBHOOK_FIELDS = [
+    "deliveryId",
+    "webhookId",
+    "originalDeliveryId",
+    "isRedelivery",
+    "type",
+    "timestamp",
+    "storeId",
+    "payoutId",
+    "pullPaymentId",
+    "payoutState",
+]
+AUTH = {"Authorization": "token admin-key"}
+MINTER = InvoiceMinter()
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def config() -> SimConfig:
+    return SimConfig(auto_progress=False, redelivery_scale=0.001, seed=7)
+
+
+@pytest.fixture
+async def sim(aiohttp_client: ClientFactory, config: SimConfig) -> TestClient:
+    return await aiohttp_client(create_app(config))
+
+
+class Receiver:
+    """A webhook endpoint recording raw bodies; answers from a script, then 200."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.script: list[int] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.deliveries.append((dict(request.headers), await request.read()))
+        status = self.script.pop(0) if self.script else 200
+        return web.Response(status=status)
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.deliveries]
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> tuple[Receiver, str]:
+    recv = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", recv.handle)
+    server = await aiohttp_server(app)
+    return recv, str(server.make_url("/hook"))
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def make_store(sim: TestClient, name: str = "Shop") -> str:
+    response = await sim.post("/api/v1/stores", json={"name": name}, headers=AUTH)
+    assert response.status == 200
+    return (await response.json())["id"]
+
+
+async def make_pull_payment(
+    sim: TestClient,
+    store_id: str,
+    amount: str = "1000000",
+    currency: str = "SATS",
+    auto_approve: bool = False,
+) -> dict[str, Any]:
+    response = await sim.post(
+        f"/api/v1/stores/{store_id}/pull-payments",
+        json={
+            "name": "Cards",
+            "description": "Boltcard spending",
+            "amount": amount,
+            "currency": currency,
+            "autoApproveClaims": auto_approve,
+            "payoutMethods": ["BTC-LN"],
+        },
+        headers=AUTH,
+    )
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def claim(sim: TestClient, pp_id: str, bolt11_text: str, **extra: Any) -> Any:
+    body = {"destination": bolt11_text, "payoutMethodId": "BTC-LN", **extra}
+    return await sim.post(f"/api/v1/pull-payments/{pp_id}/payouts", json=body)
+
+
+async def add_webhook(sim: TestClient, store_id: str, url: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "enabled": True,
+        "automaticRedelivery": True,
+        "url": url,
+        "authorizedEvents": {"everything": True, "specificEvents": []},
+        **extra,
+    }
+    response = await sim.post(f"/api/v1/stores/{store_id}/webhooks", json=body, headers=AUTH)
+    assert response.status == 200
+    return await response.json()
+
+
+# --- shapes ------------------------------------------------------------------------------------
+
+
+async def test_claim_answers_payout_in_btcpay_2x_shape(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    invoice = MINTER.mint(21_000_000)
+
+    response = await claim(sim, pp["id"], invoice.bolt11)
+
+    assert response.status == 200
+    payout = await response.json()
+    assert set(payout) == PAYOUT_FIELDS
+    assert payout["state"] == "AwaitingApproval"
+    assert payout["revision"] == 0
+    assert payout["pullPaymentId"] == pp["id"]
+    assert payout["destination"] == invoice.bolt11
+    assert payout["originalAmount"] == "21000"
+    assert payout["originalCurrency"] == "SATS"
+    assert payout["payoutAmount"] is None
+    assert payout["payoutCurrency"] == "BTC"
+    assert payout["payoutMethodId"] == "BTC-LN"
+    assert payout["paymentProof"] is None
+    assert payout["metadata"] == {}
+    assert abs(payout["date"] - time.time()) < 60
+
+
+async def test_pull_payment_has_btcpay_fields_and_is_readable_anonymously(
+    sim: TestClient,
+) -> None:
+    store_id = await make_store(sim)
+    created = await make_pull_payment(sim, store_id, amount="0.5", currency="BTC")
+
+    fetched = await (await sim.get(f"/api/v1/pull-payments/{created['id']}")).json()
+
+    assert fetched == created
+    for name in ("id", "name", "description", "currency", "amount", "period", "BOLT11Expiration"):
+        assert name in fetched
+    assert fetched["amount"] == "0.5"
+    assert fetched["autoApproveClaims"] is False
+    assert fetched["archived"] is False
+    assert fetched["viewLink"].endswith(f"/pull-payments/{created['id']}")
+    listed = await (await sim.get(f"/api/v1/stores/{store_id}/pull-payments", headers=AUTH)).json()
+    assert [p["id"] for p in listed] == [created["id"]]
+
+
+async def test_auto_approving_pull_payment_answers_awaiting_payment_with_payout_amount(
+    sim: TestClient,
+) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id, amount="0.01", currency="BTC", auto_approve=True)
+
+    payout = await (await claim(sim, pp["id"], MINTER.mint(21_000_000).bolt11)).json()
+
+    assert payout["state"] == "AwaitingPayment"
+    assert payout["revision"] == 1
+    assert payout["originalAmount"] == "0.00021"
+    assert payout["payoutAmount"] == "0.00021"
+
+
+async def test_health_and_store_endpoints(sim: TestClient) -> None:
+    assert await (await sim.get("/api/v1/health")).json() == {"synchronized": True}
+    store_id = await make_store(sim, "Coffee")
+
+    store = await (await sim.get(f"/api/v1/stores/{store_id}", headers=AUTH)).json()
+    stores = await (await sim.get("/api/v1/stores", headers=AUTH)).json()
+
+    assert store["id"] == store_id and store["name"] == "Coffee"
+    assert [s["id"] for s in stores] == [store_id]
+
+
+# --- claim validation --------------------------------------------------------------------------
+
+
+async def test_unreadable_destination_is_rejected_as_invalid_destination(
+    sim: TestClient,
+) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+
+    response = await claim(sim, pp["id"], "lnbcrt1notaninvoice")
+
+    assert response.status == 400
+    body = await response.json()
+    assert body["code"] == "invalid-destination"
+    assert body["message"]
+
+
+async def test_expired_invoice_is_rejected(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+    stale = MINTER.mint(1_000_000, expiry=60, timestamp=int(time.time()) - 3600)
+
+    response = await claim(sim, pp["id"], stale.bolt11)
+
+    assert response.status == 400
+    body = await response.json()
+    assert body["code"] == "invalid-destination"
+    assert "expired" in body["message"]
+
+
+async def test_invoice_for_another_network_is_rejected(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+    mainnet = InvoiceMinter(network="bc").mint(1_000_000)
+
+    response = await claim(sim, pp["id"], mainnet.bolt11)
+
+    assert response.status == 400
+    assert (await response.json())["code"] == "invalid-destination"
+
+
+async def test_same_payment_hash_cannot_be_claimed_twice_until_cancelled(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    invoice = MINTER.mint(5_000_000)
+    first = await (await claim(sim, pp["id"], invoice.bolt11)).json()
+
+    again = await claim(sim, pp["id"], invoice.bolt11)
+    assert again.status == 400
+    assert (await again.json())["code"] == "duplicate-destination"
+
+    cancelled = await sim.delete(f"/api/v1/stores/{store_id}/payouts/{first['id']}", headers=AUTH)
+    assert cancelled.status == 200
+    after_cancel = await claim(sim, pp["id"], invoice.bolt11)
+    assert after_cancel.status == 200
+    assert (await after_cancel.json())["id"] != first["id"]
+
+
+async def test_claims_beyond_the_pull_payment_limit_are_refused(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim), amount="30000")
+    assert (await claim(sim, pp["id"], MINTER.mint(20_000_000).bolt11)).status == 200
+
+    response = await claim(sim, pp["id"], MINTER.mint(20_000_000).bolt11)
+
+    assert response.status == 400
+    assert (await response.json())["code"] == "overdraft"
+    assert (await claim(sim, pp["id"], MINTER.mint(10_000_000).bolt11)).status == 200
+
+
+async def test_amount_differing_from_the_invoice_is_a_validation_error(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+
+    response = await claim(sim, pp["id"], MINTER.mint(21_000_000).bolt11, amount="500")
+
+    assert response.status == 422
+    assert (await response.json())[0]["path"] == "amount"
+
+
+async def test_amountless_invoice_takes_the_claimed_amount(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+
+    response = await claim(sim, pp["id"], MINTER.mint(None).bolt11, amount="1234")
+
+    assert response.status == 200
+    assert (await response.json())["originalAmount"] == "1234"
+
+
+async def test_unknown_pull_payment_is_404(sim: TestClient) -> None:
+    response = await claim(sim, "nope", MINTER.mint(1000).bolt11)
+
+    assert response.status == 404
+    assert (await response.json())["code"] == "pullpayment-not-found"
+
+
+# --- permissions -------------------------------------------------------------------------------
+
+
+async def restrict(sim: TestClient, key: str, permissions: list[str]) -> None:
+    response = await sim.post("/_sim/api-keys", json={"apiKey": key, "permissions": permissions})
+    assert response.status == 200
+
+
+async def test_restricted_key_gets_403_naming_the_missing_permission(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    other_store = await make_store(sim, "Other")
+    pp = await make_pull_payment(sim, store_id)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    await restrict(sim, "viewer", [f"btcpay.store.canviewpayouts:{store_id}"])
+    viewer = {"Authorization": "token viewer"}
+
+    listed = await sim.get(f"/api/v1/stores/{store_id}/payouts", headers=viewer)
+    cancel = await sim.delete(f"/api/v1/stores/{store_id}/payouts/{payout['id']}", headers=viewer)
+    elsewhere = await sim.get(f"/api/v1/stores/{other_store}/payouts", headers=viewer)
+
+    assert listed.status == 200
+    assert [p["id"] for p in await listed.json()] == [payout["id"]]
+    assert cancel.status == 403
+    denied = await cancel.json()
+    assert denied["code"] == "missing-permission"
+    assert "btcpay.store.canmanagepayouts" in denied["message"]
+    assert elsewhere.status == 403
+    assert "btcpay.store.canviewpayouts" in (await elsewhere.json())["message"]
+
+
+async def test_store_settings_permissions_imply_payout_permissions(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    await restrict(sim, "settings-viewer", ["btcpay.store.canviewstoresettings"])
+    await restrict(sim, "settings-admin", [f"btcpay.store.canmodifystoresettings:{store_id}"])
+
+    listed = await sim.get(
+        f"/api/v1/stores/{store_id}/payouts", headers={"Authorization": "token settings-viewer"}
+    )
+    approved = await sim.post(
+        f"/api/v1/stores/{store_id}/payouts/{payout['id']}",
+        json={"revision": 0},
+        headers={"Authorization": "token settings-admin"},
+    )
+
+    assert listed.status == 200
+    assert approved.status == 200
+    assert (await approved.json())["state"] == "AwaitingPayment"
+
+
+async def test_pull_payment_permission_does_not_allow_listing_payouts(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    await restrict(sim, "pp-manager", ["btcpay.store.canmanagepullpayments"])
+
+    response = await sim.get(
+        f"/api/v1/stores/{store_id}/payouts", headers={"Authorization": "token pp-manager"}
+    )
+
+    assert response.status == 403
+    assert "btcpay.store.canviewpayouts" in (await response.json())["message"]
+
+
+async def test_missing_or_malformed_authorization_is_401(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+
+    for headers in ({}, {"Authorization": "Bearer x"}, {"Authorization": "token "}):
+        response = await sim.get(f"/api/v1/stores/{store_id}/payouts", headers=headers)
+        assert response.status == 401
+        assert (await response.json())["code"] == "unauthenticated"
+
+
+async def test_current_api_key_reports_its_permissions(sim: TestClient) -> None:
+    await restrict(sim, "scoped", ["btcpay.store.canviewpayouts:S1"])
+
+    scoped = await (
+        await sim.get("/api/v1/api-keys/current", headers={"Authorization": "token scoped"})
+    ).json()
+    default = await (await sim.get("/api/v1/api-keys/current", headers=AUTH)).json()
+
+    assert scoped["apiKey"] == "scoped"
+    assert scoped["permissions"] == ["btcpay.store.canviewpayouts:S1"]
+    assert "label" in scoped
+    assert default["permissions"] == ["unrestricted"]
+
+
+async def test_known_keys_only_mode_refuses_unknown_keys(aiohttp_client: ClientFactory) -> None:
+    config = SimConfig(api_keys={"k1": ["unrestricted"]}, require_known_keys=True)
+    sim = await aiohttp_client(create_app(config))
+
+    refused = await sim.get("/api/v1/stores", headers={"Authorization": "token other"})
+    accepted = await sim.get("/api/v1/stores", headers={"Authorization": "token k1"})
+
+    assert refused.status == 401
+    assert accepted.status == 200
+
+
+# --- store payout operations -------------------------------------------------------------------
+
+
+async def test_store_payout_list_hides_cancelled_unless_asked(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    kept = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    gone = await (await claim(sim, pp["id"], MINTER.mint(2_000_000).bolt11)).json()
+    await sim.delete(f"/api/v1/stores/{store_id}/payouts/{gone['id']}", headers=AUTH)
+    url = f"/api/v1/stores/{store_id}/payouts"
+
+    default = await (await sim.get(url, headers=AUTH)).json()
+    without = await (await sim.get(url + "?includeCancelled=false", headers=AUTH)).json()
+    with_cancelled = await (await sim.get(url + "?includeCancelled=true", headers=AUTH)).json()
+
+    assert [p["id"] for p in default] == [kept["id"]]
+    assert [p["id"] for p in without] == [kept["id"]]
+    assert {p["id"]: p["state"] for p in with_cancelled} == {
+        kept["id"]: "AwaitingApproval",
+        gone["id"]: "Cancelled",
+    }
+
+
+async def test_each_state_change_bumps_the_revision(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    url = f"/api/v1/stores/{store_id}/payouts/{payout['id']}"
+
+    stale = await sim.post(url, json={"revision": 5}, headers=AUTH)
+    approved = await sim.post(url, json={"revision": 0}, headers=AUTH)
+    twice = await sim.post(url, json={"revision": 1}, headers=AUTH)
+    marked = await sim.post(url + "/mark", json={"state": "InProgress"}, headers=AUTH)
+    in_progress = await (await sim.get(url, headers=AUTH)).json()
+    paid = await sim.post(url + "/mark-paid", headers=AUTH)
+    completed = await (await sim.get(url, headers=AUTH)).json()
+
+    assert stale.status == 400 and (await stale.json())["code"] == "old-revision"
+    assert approved.status == 200
+    assert (await approved.json())["payoutAmount"] == "0.00001"
+    assert twice.status == 400 and (await twice.json())["code"] == "invalid-state"
+    assert marked.status == 200
+    assert (in_progress["state"], in_progress["revision"]) == ("InProgress", 2)
+    assert paid.status == 200
+    assert (completed["state"], completed["revision"]) == ("Completed", 3)
+
+
+async def test_marking_an_unknown_state_is_a_validation_error(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+
+    response = await sim.post(
+        f"/api/v1/stores/{store_id}/payouts/{payout['id']}/mark",
+        json={"state": "Failed"},
+        headers=AUTH,
+    )
+
+    assert response.status == 422
+    assert (await response.json())[0]["path"] == "state"
+
+
+async def test_pull_payment_payout_routes_are_anonymous(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+
+    listed = await (await sim.get(f"/api/v1/pull-payments/{pp['id']}/payouts")).json()
+    one = await (await sim.get(f"/api/v1/pull-payments/{pp['id']}/payouts/{payout['id']}")).json()
+
+    assert [p["id"] for p in listed] == [payout["id"]]
+    assert one == payout
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+async def test_webhook_body_is_indented_json_signed_over_raw_bytes(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    hook = await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+
+    await eventually(lambda: len(recv.deliveries) == 2)
+
+    assert hook["secret"]
+    for headers, raw in recv.deliveries:
+        expected = hmac.new(hook["secret"].encode(), raw, hashlib.sha256).hexdigest()
+        assert headers["BTCPay-Sig"] == f"sha256={expected}"
+        assert raw.startswith(b'{\n  "deliveryId": ')
+        assert list(json.loads(raw)) == WEBHOOK_FIELDS
+    created, approved = recv.bodies
+    assert (created["type"], created["payoutState"]) == ("PayoutCreated", "AwaitingApproval")
+    assert (approved["type"], approved["payoutState"]) == ("PayoutApproved", "AwaitingPayment")
+    for body in recv.bodies:
+        assert body["webhookId"] == hook["id"]
+        assert body["storeId"] == store_id
+        assert body["payoutId"] == payout["id"]
+        assert body["pullPaymentId"] == pp["id"]
+        assert body["originalDeliveryId"] == body["deliveryId"]
+        assert body["isRedelivery"] is False
+        assert isinstance(body["timestamp"], int)
+
+
+async def test_webhook_secret_is_shown_only_on_creation(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    store_id = await make_store(sim)
+    hook = await add_webhook(sim, store_id, receiver[1], secret="chosen-secret")
+
+    fetched = await (
+        await sim.get(f"/api/v1/stores/{store_id}/webhooks/{hook['id']}", headers=AUTH)
+    ).json()
+    listed = await (await sim.get(f"/api/v1/stores/{store_id}/webhooks", headers=AUTH)).json()
+
+    assert hook["secret"] == "chosen-secret"
+    assert "secret" not in fetched
+    assert [h["id"] for h in listed] == [hook["id"]]
+    assert fetched["authorizedEvents"] == {"everything": True, "specificEvents": []}
+
+
+async def test_failed_delivery_is_redelivered_with_new_id_and_same_original(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    recv.script = [500, 503]
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) == 3)
+
+    first, second, third = recv.bodies
+    assert first["isRedelivery"] is False
+    assert second["isRedelivery"] is True and third["isRedelivery"] is True
+    assert len({first["deliveryId"], second["deliveryId"], third["deliveryId"]}) == 3
+    assert second["originalDeliveryId"] == third["originalDeliveryId"] == first["deliveryId"]
+    assert second["payoutId"] == first["payoutId"]
+
+
+async def test_client_error_from_receiver_is_not_redelivered(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    recv.script = [400]
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+    await claim(sim, pp["id"], MINTER.mint(2_000_000).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) == 2)
+    await asyncio.sleep(0.1)
+
+    assert len(recv.deliveries) == 2
+    assert [b["isRedelivery"] for b in recv.bodies] == [False, False]
+
+
+async def test_deliveries_arrive_in_order_per_webhook(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    payout_ids = [
+        (await (await claim(sim, pp["id"], MINTER.mint(1_000_000 + i).bolt11)).json())["id"]
+        for i in range(20)
+    ]
+
+    await eventually(lambda: len(recv.deliveries) == 20)
+
+    assert [b["payoutId"] for b in recv.bodies] == payout_ids
+
+
+async def test_specific_events_filter_what_a_webhook_hears(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(
+        sim,
+        store_id,
+        url,
+        authorizedEvents={"everything": False, "specificEvents": ["PayoutApproved"]},
+    )
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) == 1)
+    await asyncio.sleep(0.05)
+
+    assert [b["type"] for b in recv.bodies] == ["PayoutApproved"]
+
+
+async def test_dropped_deliveries_never_arrive(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    await sim.post("/_sim/faults", json={"webhook_drop_rate": 1.0})
+    await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+
+    stats_url = "/_sim/stats"
+
+    async def dropped() -> bool:
+        return (await (await sim.get(stats_url)).json())["deliveries"].get("dropped") == 1
+
+    await eventually(dropped)
+    await asyncio.sleep(0.05)
+    assert recv.deliveries == []
+
+
+async def test_duplicated_delivery_arrives_twice_with_same_delivery_id(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    await sim.post("/_sim/faults", json={"webhook_duplicate_rate": 1.0})
+    await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) == 2)
+
+    first, second = recv.deliveries
+    assert first[1] == second[1]
+    assert first[0]["BTCPay-Sig"] == second[0]["BTCPay-Sig"]
+
+
+async def test_reordered_delivery_arrives_after_later_ones(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    await sim.post("/_sim/faults", json={"webhook_reorder_rate": 1.0, "webhook_reorder_delay": 0.2})
+    held = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    await asyncio.sleep(0.05)
+    await sim.post("/_sim/faults", json={"webhook_reorder_rate": 0.0})
+    later = await (await claim(sim, pp["id"], MINTER.mint(2_000_000).bolt11)).json()
+
+    await eventually(lambda: len(recv.deliveries) == 2)
+
+    assert [b["payoutId"] for b in recv.bodies] == [later["id"], held["id"]]
+
+
+# --- automatic progress ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def progressing() -> SimConfig:
+    return SimConfig(
+        auto_progress=True,
+        progress_delays=ProgressDelays(start=0.01, settle=0.01),
+        redelivery_scale=0.001,
+        seed=3,
+    )
+
+
+async def test_auto_progress_reaches_completed_with_a_lightning_proof(
+    aiohttp_client: ClientFactory, progressing: SimConfig, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    sim = await aiohttp_client(create_app(progressing))
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    invoice = MINTER.mint(3_000_000)
+    payout = await (await claim(sim, pp["id"], invoice.bolt11)).json()
+    payout_url = f"/api/v1/stores/{store_id}/payouts/{payout['id']}"
+
+    async def completed() -> bool:
+        return (await (await sim.get(payout_url, headers=AUTH)).json())["state"] == "Completed"
+
+    await eventually(completed)
+    await eventually(lambda: len(recv.deliveries) == 4)
+
+    final = await (await sim.get(payout_url, headers=AUTH)).json()
+    proof = final["paymentProof"]
+    assert proof["proofType"] == "PayoutLightningBlob"
+    assert proof["paymentHash"] == invoice.payment_hash
+    assert hashlib.sha256(bytes.fromhex(proof["preimage"])).hexdigest() == invoice.payment_hash
+    assert final["revision"] == 3
+    assert [(b["type"], b["payoutState"]) for b in recv.bodies] == [
+        ("PayoutCreated", "AwaitingApproval"),
+        ("PayoutApproved", "AwaitingPayment"),
+        ("PayoutUpdated", "InProgress"),
+        ("PayoutUpdated", "Completed"),
+    ]
+
+
+async def test_cancel_rate_ends_payouts_cancelled_with_an_event(
+    aiohttp_client: ClientFactory, progressing: SimConfig, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    progressing.cancel_rate = 1.0
+    sim = await aiohttp_client(create_app(progressing))
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    await claim(sim, pp["id"], MINTER.mint(3_000_000).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) == 4)
+
+    assert recv.bodies[-1]["payoutState"] == "Cancelled"
+
+
+async def test_silent_cancel_changes_state_without_any_webhook(
+    aiohttp_client: ClientFactory, progressing: SimConfig, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    progressing.silent_cancel_rate = 1.0
+    sim = await aiohttp_client(create_app(progressing))
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(3_000_000).bolt11)).json()
+    payout_url = f"/api/v1/stores/{store_id}/payouts/{payout['id']}"
+
+    async def cancelled() -> bool:
+        return (await (await sim.get(payout_url, headers=AUTH)).json())["state"] == "Cancelled"
+
+    await eventually(cancelled)
+    await asyncio.sleep(0.1)
+
+    assert [b["payoutState"] for b in recv.bodies] == ["AwaitingApproval", "AwaitingPayment"]
+
+
+async def test_without_auto_progress_approved_payouts_wait(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(3_000_000).bolt11)).json()
+    await asyncio.sleep(0.1)
+
+    fetched = await (
+        await sim.get(f"/api/v1/stores/{store_id}/payouts/{payout['id']}", headers=AUTH)
+    ).json()
+
+    assert fetched["state"] == "AwaitingPayment"
+
+
+# --- Greenfield faults -------------------------------------------------------------------------
+
+
+async def test_fail_fault_answers_503_while_control_api_still_answers(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    await sim.post("/_sim/faults", json={"fail_rate": 1.0})
+
+    failing = await sim.get(f"/api/v1/stores/{store_id}/payouts", headers=AUTH)
+    faults = await sim.get("/_sim/faults")
+    await sim.post("/_sim/faults", json={"fail_rate": 0})
+    healed = await sim.get(f"/api/v1/stores/{store_id}/payouts", headers=AUTH)
+
+    assert failing.status == 503
+    assert faults.status == 200 and (await faults.json())["fail_rate"] == 1.0
+    assert healed.status == 200
+
+
+async def test_latency_fault_slows_every_answer(sim: TestClient) -> None:
+    await sim.post("/_sim/faults", json={"latency": 0.2})
+
+    started = time.monotonic()
+    response = await sim.get("/api/v1/health")
+
+    assert response.status == 200
+    assert time.monotonic() - started >= 0.2
+
+
+async def test_hang_fault_holds_calls_until_cleared(sim: TestClient) -> None:
+    await sim.post("/_sim/faults", json={"hang": True})
+
+    pending = asyncio.ensure_future(sim.get("/api/v1/health"))
+    await asyncio.sleep(0.2)
+    assert not pending.done()
+    await sim.post("/_sim/faults", json={"hang": False})
+    response = await asyncio.wait_for(pending, 2)
+
+    assert response.status == 200
+
+
+async def test_drop_fault_closes_connections_without_answer(sim: TestClient) -> None:
+    await sim.post("/_sim/faults", json={"drop_connections": True})
+
+    with pytest.raises(aiohttp.ClientError):
+        await sim.get("/api/v1/health")
+
+
+async def test_unknown_fault_knob_is_refused(sim: TestClient) -> None:
+    response = await sim.post("/_sim/faults", json={"explode": True})
+
+    assert response.status == 400
+    assert "explode" in (await response.json())["message"]
+
+
+async def test_reset_forgets_records_and_faults(sim: TestClient) -> None:
+    await make_store(sim)
+    await sim.post("/_sim/faults", json={"latency": 1.5})
+
+    await sim.post("/_sim/reset")
+
+    stats = await (await sim.get("/_sim/stats")).json()
+    faults = await (await sim.get("/_sim/faults")).json()
+    assert stats["stores"] == 0
+    assert faults["latency"] == 0.0
+
+
+# --- bulk seeding and invoices -----------------------------------------------------------------
+
+
+async def test_bulk_payouts_spread_over_all_five_states(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+
+    response = await sim.post("/_sim/bulk-payouts", json={"storeId": store_id, "count": 3000})
+    result = await response.json()
+    listed = await (
+        await sim.get(f"/api/v1/stores/{store_id}/payouts?includeCancelled=true", headers=AUTH)
+    ).json()
+
+    assert response.status == 200
+    assert result["created"] == 3000
+    assert len(listed) == 3000
+    states = {p["state"] for p in listed}
+    assert states == {"AwaitingApproval", "AwaitingPayment", "InProgress", "Completed", "Cancelled"}
+    assert len({p["destination"] for p in listed}) == 3000
+    for payout in listed[:20]:
+        decoded = bolt11.decode(payout["destination"])
+        assert decoded.amount_msat == int(payout["originalAmount"]) * 1000
+        assert (payout["payoutAmount"] is None) == (payout["state"] == "AwaitingApproval")
+        if payout["state"] == "Completed":
+            assert payout["paymentProof"]["paymentHash"] == decoded.payment_hash
+
+
+async def test_bulk_payouts_can_deliver_their_events(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+
+    await sim.post(
+        "/_sim/bulk-payouts", json={"storeId": store_id, "count": 50, "deliverEvents": True}
+    )
+
+    await eventually(lambda: len(recv.deliveries) == 50)
+
+
+def test_minted_invoices_decode_with_the_bolt11_package() -> None:
+    minter = InvoiceMinter()
+    for msat in (1, 1000, 21_000_000, 123_456_789_000, None):
+        invoice = minter.mint(msat, description="coffee", expiry=600)
+
+        decoded = bolt11.decode(invoice.bolt11)
+
+        assert decoded.currency == "bcrt"
+        assert decoded.amount_msat == msat
+        assert decoded.payment_hash == invoice.payment_hash
+        assert decoded.description == "coffee"
+        assert decoded.expiry == 600
+        assert decoded.payee == minter.node_id
+        assert hashlib.sha256(bytes.fromhex(invoice.preimage)).hexdigest() == decoded.payment_hash
+
+
+async def test_control_api_mints_claimable_invoices(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+    minted = await (await sim.post("/_sim/invoices", json={"amountSats": 2100})).json()
+
+    payout = await (await claim(sim, pp["id"], minted["bolt11"])).json()
+
+    assert payout["originalAmount"] == "2100"
+    assert bolt11.decode(payout["destination"]).payment_hash == minted["paymentHash"]
