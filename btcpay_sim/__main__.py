@@ -1,51 +1,61 @@
-"""`python -m btcpay_sim --listen 127.0.0.1:23000`: a BTCPay Server 2.x stand-in."""
+"""`python -m btcpay_sim --listen 127.0.0.1:23000`: a BTCPay Server 2.x stand-in.
+
+The project CLI reuses add_arguments() and config_from_args() for `flash-payouts btcpay-sim`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from .app import run
 from .config import Faults, ProgressDelays, SimConfig
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"FLASH_BTCPAY_SIM_{name.upper()}", default)
+ENV_PREFIX = "FLASH_BTCPAY_SIM_"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="btcpay-sim",
-        description="BTCPay Server 2.x simulator (Greenfield payouts, webhooks, faults). "
-        "Every flag can also be set as FLASH_BTCPAY_SIM_<FLAG>.",
-    )
-    parser.add_argument("--listen", default=_env("listen", "127.0.0.1:23000"))
-    parser.add_argument("--network", default=_env("network", "bcrt"))
-    parser.add_argument("--public-url", default=_env("public_url", "") or None)
+def _option(
+    parser: argparse.ArgumentParser, flag: str, kind: type, default: Any, help_text: str
+) -> None:
+    env = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    raw = os.environ.get(env)
     parser.add_argument(
-        "--no-auto-progress",
+        flag,
+        type=kind,
+        default=kind(raw) if raw is not None else default,
+        help=f"{help_text} [env {env}, default {default}]",
+    )
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    env = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    parser.add_argument(
+        flag,
         action="store_true",
-        default=_env("no_auto_progress", "") == "1",
-        help="leave approved payouts in AwaitingPayment until changed over the API",
+        default=os.environ.get(env, "").lower() in ("1", "true", "yes"),
+        help=f"{help_text} [env {env}]",
     )
-    parser.add_argument("--start-delay", type=float, default=float(_env("start_delay", "0.5")))
-    parser.add_argument("--settle-delay", type=float, default=float(_env("settle_delay", "1")))
-    parser.add_argument("--cancel-rate", type=float, default=float(_env("cancel_rate", "0")))
-    parser.add_argument(
-        "--silent-cancel-rate", type=float, default=float(_env("silent_cancel_rate", "0"))
-    )
-    parser.add_argument(
-        "--redelivery-scale", type=float, default=float(_env("redelivery_scale", "1"))
-    )
-    parser.add_argument("--latency", type=float, default=float(_env("latency", "0")))
-    parser.add_argument("--seed", type=int, default=int(_env("seed", "-1")))
-    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--listen", str, "127.0.0.1:23000", "HOST:PORT to listen on")
+    _option(parser, "--network", str, "bcrt", "BOLT11 network accepted in claims")
+    _option(parser, "--public-url", str, "", "base URL for viewLink (default: request origin)")
+    _switch(parser, "--no-auto-progress", "leave approved payouts in AwaitingPayment")
+    _option(parser, "--start-delay", float, 0.5, "seconds from AwaitingPayment to InProgress")
+    _option(parser, "--settle-delay", float, 1.0, "seconds from InProgress to the end state")
+    _option(parser, "--cancel-rate", float, 0.0, "fraction of InProgress payouts cancelled")
+    _option(parser, "--silent-cancel-rate", float, 0.0, "fraction cancelled without any webhook")
+    _option(parser, "--redelivery-scale", float, 1.0, "multiplier of the redelivery delays")
+    _option(parser, "--latency", float, 0.0, "seconds added to every Greenfield answer")
+    _option(parser, "--seed", int, -1, "seed of the random choices (-1: random)")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
         network=args.network,
-        public_url=args.public_url,
+        public_url=args.public_url or None,
         auto_progress=not args.no_auto_progress,
         progress_delays=ProgressDelays(start=args.start_delay, settle=args.settle_delay),
         cancel_rate=args.cancel_rate,
@@ -57,7 +67,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="btcpay-sim",
+        description="BTCPay Server 2.x simulator: Greenfield payouts, webhooks and faults.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
     run(args.listen, config_from_args(args))
 
 

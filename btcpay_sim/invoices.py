@@ -60,12 +60,12 @@ def preimage_for(payment_secret_hex: str) -> bytes:
     return hashlib.sha256(_PREIMAGE_TAG + bytes.fromhex(payment_secret_hex)).digest()
 
 
-def known_preimage(invoice: ReadInvoice) -> str | None:
+def known_preimage(payment_hash: str, payment_secret: str | None) -> str | None:
     """The preimage of an invoice minted here, or None for a foreign invoice."""
-    if invoice.payment_secret is None:
+    if payment_secret is None:
         return None
-    candidate = preimage_for(invoice.payment_secret)
-    if hashlib.sha256(candidate).hexdigest() != invoice.payment_hash:
+    candidate = preimage_for(payment_secret)
+    if hashlib.sha256(candidate).hexdigest() != payment_hash:
         return None
     return candidate.hex()
 

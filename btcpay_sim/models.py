@@ -101,6 +101,7 @@ class Payout:
     payout_method_id: str = LIGHTNING
     payment_proof: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    payment_secret: str | None = None  # kept from the claim, to publish a real preimage
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -6,7 +6,6 @@ the auto-progress scheduler) as a PayoutEvent.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -90,6 +89,7 @@ class PayoutBook:
             original_amount=amount,
             original_currency=pull_payment.currency,
             payout_method_id=LIGHTNING,
+            payment_secret=invoice.payment_secret,
         )
         self._hold(payout)
         self.state.add_payout(payout)
@@ -186,9 +186,7 @@ class PayoutBook:
         self._move(payout, COMPLETED, PAYOUT_UPDATED)
 
     def lightning_proof(self, payout: Payout) -> dict[str, Any]:
-        preimage = None
-        with contextlib.suppress(InvalidInvoice):
-            preimage = known_preimage(read_invoice(payout.destination))
+        preimage = known_preimage(payout.payment_hash, payout.payment_secret)
         return {
             "proofType": "PayoutLightningBlob",
             "paymentHash": payout.payment_hash,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import hmac
@@ -16,7 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from btcpay_sim import InvoiceMinter, ProgressDelays, SimConfig, create_app
+from btcpay_sim import InvoiceMinter, ProgressDelays, SimConfig, create_app, start
+from btcpay_sim.__main__ import add_arguments, config_from_args
 
 PAYOUT_FIELDS = {
     "id",
@@ -883,3 +885,36 @@ async def test_control_api_mints_claimable_invoices(sim: TestClient) -> None:
 
     assert payout["originalAmount"] == "2100"
     assert bolt11.decode(payout["destination"]).payment_hash == minted["paymentHash"]
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+async def test_started_simulator_answers_on_a_real_socket() -> None:
+    running = await start(SimConfig(auto_progress=False))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{running.url}/api/v1/health") as response,
+        ):
+            assert response.status == 200
+            assert await response.json() == {"synchronized": True}
+    finally:
+        await running.close()
+
+
+def test_command_line_flags_and_environment_build_the_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLASH_BTCPAY_SIM_CANCEL_RATE", "0.25")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    config = config_from_args(
+        parser.parse_args(["--no-auto-progress", "--settle-delay", "0.1", "--seed", "4"])
+    )
+
+    assert config.cancel_rate == 0.25
+    assert config.auto_progress is False
+    assert config.progress_delays.settle == 0.1
+    assert config.seed == 4
