@@ -1,9 +1,7 @@
 """BOLT11 invoices: decode what wallets send, encode signed ones for tests, demo and benchmarks.
 
-Decoding follows the ``bolt11`` package's rules (same fields, same required tags, same signature
-check) but reads the bech32 payload with plain integers: the package's bit-by-bit parsing costs
-about 2 ms an invoice, which would make invoice checks the slowest step of a callback.
-Encoding is delegated to ``bolt11.encode``.
+Both directions go through the maintained ``bolt11`` package; this module only turns its
+results and exceptions into the few facts and one error type the gateway relies on.
 """
 
 from __future__ import annotations
@@ -14,10 +12,8 @@ import time
 from dataclasses import dataclass
 
 import bolt11
-from bolt11.models.signature import Signature
+from bolt11.exceptions import Bolt11Exception
 from bolt11.models.tags import TagChar, Tags
-from bolt11.utils import verify_hrp
-from coincurve import PublicKey
 
 NETWORK_PREFIXES: dict[str, str] = {
     "mainnet": "bc",
@@ -28,18 +24,7 @@ NETWORK_PREFIXES: dict[str, str] = {
 _NETWORK_NAMES = {prefix: name for name, prefix in NETWORK_PREFIXES.items()}
 DEFAULT_EXPIRY = 3600
 DEFAULT_MIN_FINAL_CLTV = 18
-
-_BECH32_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32_VALUES = {char: index for index, char in enumerate(_BECH32_CHARSET)}
-# Renames bech32 characters to Python's base-32 digits so int(..., 32) reads a whole field.
-_TO_BASE32_DIGITS = str.maketrans(_BECH32_CHARSET, "0123456789abcdefghijklmnopqrstuv")
-_BECH32_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-_SIGNATURE_U5 = 104  # 65 bytes (r, s, recovery id) in 5-bit groups
-_CHECKSUM_U5 = 6
-_TIMESTAMP_U5 = 7
 _MAX_INVOICE_LEN = 7089  # BOLT11 readers may cap the length; this is lnd's limit
-_HASH_U5 = 52
-_PAYEE_U5 = 53
 
 
 class InvoiceError(ValueError):
@@ -86,52 +71,8 @@ def network_prefix(network: str) -> str:
     raise ValueError(f"unknown network {network!r}; expected one of {known}")
 
 
-def _polymod(values: list[int]) -> int:
-    chk = 1
-    for value in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ value
-        for i in range(5):
-            if (top >> i) & 1:
-                chk ^= _BECH32_GENERATOR[i]
-    return chk
-
-
-def _u5_int(chars: str) -> int:
-    return int(chars.translate(_TO_BASE32_DIGITS), 32) if chars else 0
-
-
-def _field_bytes(chars: str) -> bytes:
-    """A tagged field's bytes, dropping the trailing partial byte like BOLT11 readers do."""
-    bits = 5 * len(chars)
-    return (_u5_int(chars) >> (bits % 8)).to_bytes(bits // 8, "big")
-
-
-def _bech32_split(text: str) -> tuple[str, str]:
-    """Check the bech32 checksum; return the hrp and the data characters (no checksum)."""
-    if len(text) > _MAX_INVOICE_LEN:
-        raise InvoiceError("payment request is too long")
-    if text != text.lower() and text != text.upper():
-        raise InvoiceError("payment request mixes upper and lower case")
-    text = text.lower()
-    pos = text.rfind("1")
-    if pos < 3 or pos + 1 + _CHECKSUM_U5 > len(text):
-        raise InvoiceError("not a BOLT11 payment request (no bech32 separator)")
-    hrp, data = text[:pos], text[pos + 1 :]
-    try:
-        values = [_BECH32_VALUES[char] for char in data]
-    except KeyError:
-        raise InvoiceError("payment request has characters outside bech32") from None
-    if any(ord(char) < 33 or ord(char) > 126 for char in hrp):
-        raise InvoiceError("payment request prefix has invalid characters")
-    expanded = [ord(char) >> 5 for char in hrp] + [0] + [ord(char) & 31 for char in hrp]
-    if _polymod(expanded + values) != 1:
-        raise InvoiceError("payment request checksum is wrong (mistyped or truncated)")
-    return hrp, data[:-_CHECKSUM_U5]
-
-
 def decode_invoice(pr: str) -> DecodedInvoice:
-    """Decode and verify a BOLT11 payment request.
+    """Decode and verify a BOLT11 payment request with the ``bolt11`` package.
 
     Raises InvoiceError with a readable reason for anything unusable: bad encoding or checksum,
     unknown network, bad amount, missing payment hash or secret, or an invalid signature.
@@ -143,95 +84,72 @@ def decode_invoice(pr: str) -> DecodedInvoice:
         text = text[10:]
     if not text:
         raise InvoiceError("payment request is empty")
-    hrp, data = _bech32_split(text)
+    if len(text) > _MAX_INVOICE_LEN:
+        raise InvoiceError("payment request is too long")
+    if text != text.lower() and text != text.upper():
+        raise InvoiceError("payment request is not valid bech32 (mixed case)")
+    _check_amount_unit(text)
     try:
-        currency, amount = verify_hrp(hrp)
-    except Exception as exc:
-        raise InvoiceError(f"payment request prefix {hrp!r} is not a known network/amount") from exc
-    amount_part = hrp[2 + len(currency) :]
-    if amount_part.endswith("p") and not amount_part[:-1].endswith("0"):
-        raise InvoiceError("amount is not a whole number of millisatoshis")
-    if amount is not None and amount <= 0:
+        invoice = bolt11.decode(text)
+    except Bolt11Exception as exc:
+        raise InvoiceError(_reason(exc)) from None
+    except Exception as exc:  # the package raises plain errors on some malformed input
+        raise InvoiceError(f"unreadable payment request: {type(exc).__name__}") from None
+    if invoice.currency not in _NETWORK_NAMES:
+        raise InvoiceError(f"payment request is for an unknown network {invoice.currency!r}")
+    amount = invoice.amount_msat
+    if amount is not None and int(amount) <= 0:
         raise InvoiceError("amount must be positive when present")
-    if len(data) < _TIMESTAMP_U5 + _SIGNATURE_U5:
-        raise InvoiceError("payment request is too short to hold a signature")
-
-    body, signature_chars = data[:-_SIGNATURE_U5], data[-_SIGNATURE_U5:]
-    signature = _u5_int(signature_chars).to_bytes(65, "big")
-    body_bits = 5 * len(body)
-    padding = -body_bits % 8
-    signing_data = (_u5_int(body) << padding).to_bytes((body_bits + padding) // 8, "big")
-
-    timestamp = _u5_int(body[:_TIMESTAMP_U5])
-    fields = _read_tagged_fields(body[_TIMESTAMP_U5:])
-    message = hrp.encode() + signing_data
-
-    payee = fields.get("n")
-    if payee is not None:
-        try:
-            Signature(hrp=hrp, signing_data=signing_data, signature_data=signature).verify(payee)
-        except Exception as exc:
-            raise InvoiceError("signature does not match the payee in the invoice") from exc
-    else:
-        try:
-            payee = PublicKey.from_signature_and_message(signature, message).format().hex()
-        except Exception as exc:
-            raise InvoiceError("signature is invalid") from exc
-
-    if "p" not in fields:
+    if not invoice.payment_hash:
         raise InvoiceError("invoice has no payment hash")
-    if "s" not in fields:
+    if not invoice.payment_secret:
         raise InvoiceError("invoice has no payment secret")
-    if ("d" in fields) == ("h" in fields):
-        raise InvoiceError("invoice must carry exactly one of description or description hash")
+    if invoice.description is None and invoice.description_hash is None:
+        raise InvoiceError("invoice must carry a description or a description hash")
     return DecodedInvoice(
         payment_request=text.lower(),
-        payment_hash=fields["p"],
+        payment_hash=invoice.payment_hash,
         amount_msat=int(amount) if amount is not None else None,
-        timestamp=timestamp,
-        expiry=fields.get("x", DEFAULT_EXPIRY),
-        network=currency,
-        description=fields.get("d"),
-        description_hash=fields.get("h"),
-        payee=payee,
-        payment_secret=fields["s"],
-        min_final_cltv_expiry=fields.get("c", DEFAULT_MIN_FINAL_CLTV),
+        timestamp=int(invoice.date),
+        expiry=int(invoice.expiry if invoice.expiry is not None else DEFAULT_EXPIRY),
+        network=invoice.currency,
+        description=invoice.description,
+        description_hash=invoice.description_hash,
+        payee=invoice.payee,
+        payment_secret=invoice.payment_secret,
+        min_final_cltv_expiry=int(
+            invoice.min_final_cltv_expiry
+            if invoice.min_final_cltv_expiry is not None
+            else DEFAULT_MIN_FINAL_CLTV
+        ),
     )
 
 
-def _read_tagged_fields(chars: str) -> dict:
-    """The tagged fields this project uses; unknown or malformed ones are skipped (BOLT11)."""
-    fields: dict = {}
-    pos, end = 0, len(chars)
-    while pos < end:
-        if pos + 3 > end:
-            raise InvoiceError("payment request ends inside a field header")
-        tag = chars[pos]
-        length = _BECH32_VALUES[chars[pos + 1]] * 32 + _BECH32_VALUES[chars[pos + 2]]
-        pos += 3
-        if pos + length > end:
-            raise InvoiceError("payment request ends inside a field")
-        value = chars[pos : pos + length]
-        pos += length
-        if tag in fields:
-            continue
-        if tag in ("p", "h", "s"):
-            if length == _HASH_U5:
-                fields[tag] = _field_bytes(value).hex()
-        elif tag == "n":
-            if length == _PAYEE_U5:
-                fields[tag] = _field_bytes(value).hex()
-        elif tag == "d":
-            try:
-                fields[tag] = _field_bytes(value).decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvoiceError("description is not valid UTF-8") from None
-        elif tag in ("x", "c"):
-            fields[tag] = _u5_int(value)
-    if "d" in fields and "h" in fields:
-        # The bolt11 package keeps whichever came first; both present is malformed anyway.
-        raise InvoiceError("invoice must carry exactly one of description or description hash")
-    return fields
+# The package's messages, said in terms a wallet user can act on.
+_REASONS = (
+    ("bech32", "payment request is not valid bech32 (bad character, mixed case or checksum)"),
+    ("human readable part", "payment request prefix is not a known network or amount"),
+    ("payment_secret", "invoice has no payment secret"),
+    ("payment_hash", "invoice has no payment hash"),
+    ("signature", "signature is invalid"),
+)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    lowered = text.lower()
+    for needle, reason in _REASONS:
+        if needle in lowered:
+            return reason
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    return f"unreadable payment request: {first}"
+
+
+def _check_amount_unit(text: str) -> None:
+    """BOLT11: a pico-bitcoin amount must be a whole number of millisatoshis (ends in 0p)."""
+    hrp = text[: text.rfind("1")].lower() if "1" in text else ""
+    if hrp.endswith("p") and not hrp[:-1].endswith("0") and hrp[-2:-1].isdigit():
+        raise InvoiceError("amount is not a whole number of millisatoshis")
 
 
 def preimage_and_hash() -> tuple[bytes, str]:
