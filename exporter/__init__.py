@@ -1,0 +1,1 @@
+"""The Prometheus exporter: metric families read from the ledger's rollups at scrape time."""
