@@ -304,6 +304,18 @@ async def test_amountless_invoice_takes_the_claimed_amount(sim: TestClient) -> N
     assert (await response.json())["originalAmount"] == "1234"
 
 
+async def test_archived_pull_payment_refuses_claims(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id)
+    archived = await sim.delete(f"/api/v1/stores/{store_id}/pull-payments/{pp['id']}", headers=AUTH)
+
+    response = await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+
+    assert archived.status == 200
+    assert response.status == 400
+    assert (await response.json())["code"] == "archived"
+
+
 async def test_unknown_pull_payment_is_404(sim: TestClient) -> None:
     response = await claim(sim, "nope", MINTER.mint(1000).bolt11)
 
@@ -754,6 +766,24 @@ async def test_without_auto_progress_approved_payouts_wait(sim: TestClient) -> N
     ).json()
 
     assert fetched["state"] == "AwaitingPayment"
+
+
+async def test_settings_switch_auto_progress_on_at_run_time(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    changed = await sim.post(
+        "/_sim/settings",
+        json={"auto_progress": True, "progress_delays": {"start": 0.01, "settle": 0.01}},
+    )
+    payout = await (await claim(sim, pp["id"], MINTER.mint(3_000_000).bolt11)).json()
+    url = f"/api/v1/stores/{store_id}/payouts/{payout['id']}"
+
+    async def completed() -> bool:
+        return (await (await sim.get(url, headers=AUTH)).json())["state"] == "Completed"
+
+    assert changed.status == 200
+    assert (await changed.json())["auto_progress"] is True
+    await eventually(completed)
 
 
 # --- Greenfield faults -------------------------------------------------------------------------
