@@ -38,14 +38,14 @@ async def open_ledger(settings: Settings, *, require_head: bool = True) -> Async
         await engine.dispose()
         raise ConfigError(f"cannot reach database {where}: {_reason(exc)}") from None
     if require_head:
-        head = ScriptDirectory.from_config(
-            migrate.alembic_config(settings.database_url)
-        ).get_current_head()
-        if current != head:
+        script = ScriptDirectory.from_config(migrate.alembic_config(settings.database_url))
+        heads = set(script.get_heads())
+        if current != heads:
             await engine.dispose()
-            state = "empty" if current is None else f"at revision {current}"
+            state = "empty" if not current else f"at revision {', '.join(sorted(current))}"
             raise ConfigError(
-                f"database {where} is {state}, not at {head}: run `flash-payouts migrate`"
+                f"database {where} is {state}, not at {', '.join(sorted(heads))}: "
+                "run `flash-payouts migrate`"
             )
     return engine
 
