@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from bench.common import DEFAULT_PG
+from bench.report import SUITES
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -11,13 +15,22 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="run the benchmark suites and rewrite docs/benchmarks.md",
         description="Run benchmark suites (each beside a same-run baseline), save "
         "bench/results/*.json and regenerate docs/benchmarks.md.",
-        add_help=False,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "suites", nargs="*", metavar="SUITE", help=f"default: all of {', '.join(SUITES)}"
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a record")
+    p.add_argument("--postgres-url", default=DEFAULT_PG, help="server for the benchmark databases")
+    p.add_argument("--report", type=Path, default=None, help="where to write the table")
     p.set_defaults(handler=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from bench.__main__ import main
 
-    return main(args.rest)
+    argv = [*args.suites, "--postgres-url", args.postgres_url]
+    if args.quick:
+        argv.append("--quick")
+    if args.report:
+        argv += ["--report", str(args.report)]
+    return main(argv)
