@@ -1,0 +1,267 @@
+"""What a metrics scrape reads: rollups, counters and a few small indexed queries.
+
+Nothing here scans a fact table. Each query is bounded by the number of stores, the label enums,
+the days the rollups cover or K (the per-card series), never by the number of payouts or taps:
+
+- payout gauges sum ``payout_rollups`` (stores x days x statuses x currencies rows);
+- counters are the ``counters`` table as written (stores x names x enum labels);
+- active cards count a range of the (store_id, last_payout_at) index, per store;
+- the newest event is one max() on the (store_id, received_at) index, per store;
+- the top cards come from the (store_id, last_payout_at) index with a LIMIT, per store, then
+  ``card_rollups`` by primary key for those few cards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .schema import Boltcard, CardRollup, Counter, PayoutEvent, PayoutRollup, Store, SyncState
+
+stores_t = Store.__table__
+cards_t = Boltcard.__table__
+card_rollups_t = CardRollup.__table__
+counters_t = Counter.__table__
+events_t = PayoutEvent.__table__
+payout_rollups_t = PayoutRollup.__table__
+sync_t = SyncState.__table__
+
+# How many recently paid cards per store are ranked for the top K, as a multiple of K, and over
+# how many days their activity is compared. Ranking a bounded candidate set keeps the cost
+# independent of the number of cards while still preferring busy cards over merely recent ones.
+CANDIDATES_PER_K = 5
+RANKING_DAYS = 7
+
+
+@dataclass(frozen=True)
+class StoreReading:
+    id: str
+    name: str
+    card_tracking: bool
+
+
+@dataclass(frozen=True)
+class PayoutTotal:
+    store_id: str
+    status: str
+    currency: str
+    count: int
+    amount: Decimal
+    amount_sats: int
+
+
+@dataclass(frozen=True)
+class CounterReading:
+    store_id: str
+    name: str
+    label: str
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class CardReading:
+    """One of the top cards. ``card_id`` is for labelling only; the UID is never read."""
+
+    card_id: str
+    store_id: str
+    alias: str | None
+    payouts: int
+    amount_sats: int
+    taps: int
+    refused_taps: int
+    last_used_at: datetime | None
+    recent_payouts: int
+
+
+@dataclass
+class Snapshot:
+    """Everything one scrape exports from the ledger, read in one transaction."""
+
+    now: datetime
+    stores: list[StoreReading] = field(default_factory=list)
+    payouts: list[PayoutTotal] = field(default_factory=list)
+    counters: list[CounterReading] = field(default_factory=list)
+    active_cards: dict[str, dict[str, int]] = field(default_factory=dict)  # store -> window -> n
+    last_reconcile: dict[str, datetime | None] = field(default_factory=dict)
+    newest_event: dict[str, datetime | None] = field(default_factory=dict)
+    top_cards: list[CardReading] = field(default_factory=list)
+
+
+async def read_stores(conn: AsyncConnection) -> list[StoreReading]:
+    rows = await conn.execute(
+        select(stores_t.c.id, stores_t.c.name, stores_t.c.card_tracking).order_by(stores_t.c.id)
+    )
+    return [StoreReading(r.id, r.name or "", bool(r.card_tracking)) for r in rows]
+
+
+async def read_payout_totals(conn: AsyncConnection) -> list[PayoutTotal]:
+    """Payouts now per store, status and currency, from the day rollups."""
+    r = payout_rollups_t.c
+    rows = await conn.execute(
+        select(
+            r.store_id,
+            r.status,
+            r.currency,
+            func.sum(r.count),
+            func.sum(r.amount),
+            func.sum(r.amount_sats),
+        ).group_by(r.store_id, r.status, r.currency)
+    )
+    return [
+        PayoutTotal(
+            store_id,
+            status,
+            currency or "",
+            int(count or 0),
+            Decimal(amount or 0),
+            int(sats or 0),
+        )
+        for store_id, status, currency, count, amount, sats in rows
+    ]
+
+
+async def read_counters(conn: AsyncConnection) -> list[CounterReading]:
+    c = counters_t.c
+    rows = await conn.execute(select(c.store_id, c.name, c.label, c.value))
+    return [CounterReading(s or "", n, lab or "", Decimal(v or 0)) for s, n, lab, v in rows]
+
+
+async def read_active_cards(
+    conn: AsyncConnection, store_ids: list[str], now: datetime, windows: dict[str, int]
+) -> dict[str, dict[str, int]]:
+    """Per store and window: cards whose last payout is within the window.
+
+    One correlated count per store and window, each a range of the (store_id, last_payout_at)
+    index, so no query reads cards outside its window.
+    """
+    if not store_ids:
+        return {}
+    c = cards_t.c
+    s = stores_t.c
+    columns = [
+        select(func.count())
+        .select_from(cards_t)
+        .where(c.store_id == s.id, c.last_payout_at >= now - timedelta(seconds=seconds))
+        .scalar_subquery()
+        .label(f"w{i}")
+        for i, seconds in enumerate(windows.values())
+    ]
+    rows = await conn.execute(select(s.id, *columns).where(s.id.in_(store_ids)))
+    names = list(windows)
+    return {row[0]: {names[i]: int(row[i + 1] or 0) for i in range(len(names))} for row in rows}
+
+
+async def read_last_reconcile(conn: AsyncConnection) -> dict[str, datetime | None]:
+    rows = await conn.execute(select(sync_t.c.store_id, sync_t.c.last_success_at))
+    return {store_id: at for store_id, at in rows}
+
+
+async def read_newest_events(conn: AsyncConnection) -> dict[str, datetime | None]:
+    """Per connected store, when its newest payout event reached the ledger (None: never)."""
+    e = events_t.c
+    newest = select(func.max(e.received_at)).where(e.store_id == stores_t.c.id).scalar_subquery()
+    rows = await conn.execute(select(stores_t.c.id, newest.label("newest")))
+    return {store_id: at for store_id, at in rows}
+
+
+async def read_top_cards(
+    conn: AsyncConnection, store_ids: list[str], k: int, now: datetime
+) -> list[CardReading]:
+    """The ``k`` most active cards of the given stores, with their lifetime totals.
+
+    Candidates are the most recently paid cards of each store (an index range with a LIMIT);
+    they are ranked by payouts over the last ``RANKING_DAYS`` days, then by recency. Erased
+    cards never get a series.
+    """
+    if k <= 0 or not store_ids:
+        return []
+    c = cards_t.c
+    candidates: dict[str, tuple[str, str | None, datetime | None, datetime]] = {}
+    for store_id in store_ids:
+        rows = await conn.execute(
+            select(c.id, c.store_id, c.alias, c.last_used_at, c.last_payout_at)
+            .where(c.store_id == store_id, c.last_payout_at.is_not(None), c.erased_at.is_(None))
+            .order_by(c.last_payout_at.desc())
+            .limit(k * CANDIDATES_PER_K)
+        )
+        for card_id, sid, alias, last_used, last_payout in rows:
+            candidates[card_id] = (sid, alias, last_used, last_payout)
+    if not candidates:
+        return []
+
+    r = card_rollups_t.c
+    since: date = (now - timedelta(days=RANKING_DAYS)).date()
+    recent = dict(
+        (
+            await conn.execute(
+                select(r.card_id, func.sum(r.payouts))
+                .where(r.card_id.in_(list(candidates)), r.day >= since)
+                .group_by(r.card_id)
+            )
+        ).all()
+    )
+    ranked = sorted(
+        candidates,
+        key=lambda cid: (int(recent.get(cid) or 0), candidates[cid][3], cid),
+        reverse=True,
+    )[:k]
+
+    totals = {
+        row[0]: row[1:]
+        for row in await conn.execute(
+            select(
+                r.card_id,
+                func.sum(r.payouts),
+                func.sum(r.amount_sats),
+                func.sum(r.taps),
+                func.sum(r.refused_taps),
+                func.max(r.last_used_at),
+            )
+            .where(r.card_id.in_(ranked))
+            .group_by(r.card_id)
+        )
+    }
+    cards = []
+    for card_id in ranked:
+        store_id, alias, last_used, _ = candidates[card_id]
+        payouts, sats, taps, refused, rollup_last = totals.get(card_id, (0, 0, 0, 0, None))
+        last = max((t for t in (last_used, rollup_last) if t is not None), default=None)
+        cards.append(
+            CardReading(
+                card_id=card_id,
+                store_id=store_id,
+                alias=alias,
+                payouts=int(payouts or 0),
+                amount_sats=int(sats or 0),
+                taps=int(taps or 0),
+                refused_taps=int(refused or 0),
+                last_used_at=last,
+                recent_payouts=int(recent.get(card_id) or 0),
+            )
+        )
+    return cards
+
+
+async def read_snapshot(
+    conn: AsyncConnection,
+    *,
+    now: datetime,
+    top_cards: int,
+    windows: dict[str, int],
+) -> Snapshot:
+    """Read everything a scrape exports. Call inside one (read-only) transaction."""
+    snap = Snapshot(now=now)
+    snap.stores = await read_stores(conn)
+    store_ids = [s.id for s in snap.stores]
+    snap.payouts = await read_payout_totals(conn)
+    snap.counters = await read_counters(conn)
+    snap.active_cards = await read_active_cards(conn, store_ids, now, windows)
+    snap.last_reconcile = await read_last_reconcile(conn)
+    snap.newest_event = await read_newest_events(conn)
+    tracked = [s.id for s in snap.stores if s.card_tracking]
+    snap.top_cards = await read_top_cards(conn, tracked, top_cards, now)
+    return snap
