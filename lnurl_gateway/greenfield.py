@@ -11,10 +11,11 @@ The API key is sent as ``Authorization: token <key>`` and never appears in an er
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -210,14 +211,19 @@ class GreenfieldClient:
         return [p async for p in self.iter_payouts(store_id, include_cancelled)]
 
     async def iter_payouts(
-        self, store_id: str, include_cancelled: bool = True
+        self,
+        store_id: str,
+        include_cancelled: bool = True,
+        *,
+        progress: Callable[..., None] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Every payout of a store, parsed one at a time from the response stream.
 
         BTCPay answers this call with a single unpaged array, which for a busy store runs to
         tens of megabytes; parsing it incrementally keeps only the payouts being yielded in
         memory. A failure before the first payout is retried like any GET; after it the error
-        reaches the caller, who has already acted on part of the list.
+        reaches the caller, who has already acted on part of the list. ``progress(received,
+        total=...)`` is told the bytes read so far and the length the server announced (or None).
         """
         path = f"/api/v1/stores/{_seg(store_id)}/payouts"
         params = {"includeCancelled": "true" if include_cancelled else "false"}
@@ -238,7 +244,9 @@ class GreenfieldClient:
                 ) as response:
                     if response.status >= 300:
                         raise await _error_from(response)
-                    async for item in _iter_json_array(response.content):
+                    total = response.content_length
+                    report = functools.partial(progress, total=total) if progress else None
+                    async for item in _iter_json_array(response.content, report):
                         yielded = True
                         yield item
                 return
@@ -417,7 +425,9 @@ async def _error_from(response: aiohttp.ClientResponse) -> GreenfieldError:
     )
 
 
-async def _iter_json_array(stream: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+async def _iter_json_array(
+    stream: aiohttp.StreamReader, on_bytes: Callable[[int], None] | None = None
+) -> AsyncIterator[dict[str, Any]]:
     """Yield the objects of a top-level JSON array as their bytes arrive.
 
     ``raw_decode`` parses each element; an element cut off at the end of the buffer fails to
@@ -430,12 +440,16 @@ async def _iter_json_array(stream: aiohttp.StreamReader) -> AsyncIterator[dict[s
     started = False
     expect_value = False
     pending = b""
+    received = 0
 
     async def more() -> bool:
-        nonlocal buf, pos, eof, pending
+        nonlocal buf, pos, eof, pending, received
         if eof:
             return False
         chunk = await stream.read(_CHUNK)
+        received += len(chunk)
+        if on_bytes is not None and chunk:
+            on_bytes(received)
         if not chunk:
             eof = True
             tail = pending.decode("utf-8")

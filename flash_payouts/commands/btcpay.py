@@ -1,0 +1,277 @@
+"""`flash-payouts btcpay connect|stores|sync`: connecting BTCPay stores, syncing payouts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import sys
+import time
+from typing import TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.ingest import count_pending_events, sync_state
+from ledger.secretbox import SecretBox
+from ledger.stores import get_store, list_stores, upsert_store
+from lnurl_gateway.btcpay_stores import StoreClients, seal_api_key, seal_webhook_secret
+from lnurl_gateway.greenfield import (
+    CAN_MODIFY_WEBHOOKS,
+    CAN_VIEW_PAYOUTS,
+    GreenfieldAuthError,
+    GreenfieldClient,
+    GreenfieldError,
+    GreenfieldNotFound,
+)
+from lnurl_gateway.reconcile import reconcile_all
+from lnurl_gateway.webhooks import PAYOUT_EVENTS, WEBHOOK_PATH
+
+from ..runtime import open_ledger, secret_box
+from ..settings import load
+from . import CommandError
+
+WHY = {
+    CAN_VIEW_PAYOUTS: "to read payouts",
+    CAN_MODIFY_WEBHOOKS: "to register the payout webhook",
+}
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "btcpay",
+        help="connect BTCPay stores and sync their payouts",
+        description="Connect a BTCPay Server store (checks the API key, registers the payout "
+        "webhook), list connected stores, or reconcile payouts now.",
+    )
+    actions = p.add_subparsers(dest="btcpay_command", metavar="ACTION", required=True)
+
+    connect = actions.add_parser(
+        "connect",
+        parents=parents,
+        help="connect a store: check the API key, register the webhook, record the store",
+        description="Check the API key (--btcpay-api-key) against --btcpay-url with "
+        "GET /api/v1/api-keys/current, register a webhook for payout events with a fresh "
+        "secret, and record the store with its key and secret sealed by the master key. "
+        f"The key needs {CAN_VIEW_PAYOUTS} and {CAN_MODIFY_WEBHOOKS} on the store.",
+    )
+    connect.add_argument("--store", required=True, metavar="STORE_ID", help="BTCPay store id")
+    connect.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help=f"where BTCPay posts events (default: PUBLIC_URL + {WEBHOOK_PATH})",
+    )
+    connect.set_defaults(handler=_connect)
+
+    stores = actions.add_parser(
+        "stores", parents=parents, help="list connected stores and how their last sync went"
+    )
+    stores.set_defaults(handler=_stores)
+
+    sync = actions.add_parser(
+        "sync",
+        parents=parents,
+        help="reconcile payouts with BTCPay now",
+        description="List every payout of each connected store (includeCancelled=true) and "
+        "write every difference to the ledger. Shows a progress bar on a terminal.",
+    )
+    sync.add_argument("--store", metavar="STORE_ID", help="only this store")
+    sync.set_defaults(handler=_sync)
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    settings = load(args)
+    store_id: str = args.store.strip()
+    if not store_id:
+        raise CommandError("--store must name a BTCPay store id")
+    if not settings.btcpay_url:
+        raise CommandError("no BTCPay URL: give --btcpay-url or FLASH_BTCPAY_URL")
+    if not settings.btcpay_api_key:
+        raise CommandError("no API key: give --btcpay-api-key or FLASH_BTCPAY_API_KEY")
+    box = secret_box(settings)
+    webhook_url = args.webhook_url or settings.gateway_base_url + WEBHOOK_PATH
+    engine = await open_ledger(settings)
+    try:
+        async with GreenfieldClient(
+            settings.btcpay_url, settings.btcpay_api_key, timeout=settings.btcpay_timeout
+        ) as client:
+            try:
+                name, webhook_id, secret = await _register(
+                    client, engine, box, store_id, webhook_url
+                )
+            except GreenfieldAuthError as exc:
+                if exc.status == 401:
+                    raise CommandError(
+                        f"BTCPay at {settings.btcpay_url} does not accept this API key"
+                    ) from None
+                raise CommandError(_missing_message(exc.missing_permission, store_id)) from None
+            except GreenfieldNotFound:
+                raise CommandError(f"BTCPay has no store {store_id!r}") from None
+            except GreenfieldError as exc:
+                raise CommandError(exc.message) from None
+        async with engine.begin() as conn:
+            await upsert_store(
+                conn,
+                store_id,
+                name=name,
+                btcpay_url=settings.btcpay_url.rstrip("/"),
+                api_key_sealed=seal_api_key(box, store_id, settings.btcpay_api_key),
+                webhook_id=webhook_id,
+                webhook_secret_sealed=seal_webhook_secret(box, store_id, secret),
+            )
+    finally:
+        await engine.dispose()
+    print(
+        f"connected store {store_id}{f' ({name})' if name else ''} at {settings.btcpay_url}: "
+        f"webhook {webhook_id} -> {webhook_url}"
+    )
+    return 0
+
+
+async def _register(
+    client: GreenfieldClient, engine: AsyncEngine, box: SecretBox, store_id: str, webhook_url: str
+) -> tuple[str, str, str]:
+    """Check the key, record the new secret, register the webhook; returns (name, id, secret)."""
+    info = await client.current_api_key()
+    missing = info.missing(store_id)
+    if missing:
+        raise GreenfieldAuthError("missing permission", status=403, missing_permission=missing[0])
+    name = ""
+    with contextlib.suppress(GreenfieldAuthError):
+        # The store's name needs canviewstoresettings, which connecting does not.
+        name = str((await client.get_store(store_id)).get("name") or "")
+    secret = secrets.token_urlsafe(32)
+    # Sealed before the webhook exists, so BTCPay's first delivery finds it.
+    async with engine.begin() as conn:
+        previous = await get_store(conn, store_id)
+        await upsert_store(
+            conn, store_id, webhook_secret_sealed=seal_webhook_secret(box, store_id, secret)
+        )
+    webhook = await client.create_webhook(
+        store_id, webhook_url, secret, events=sorted(PAYOUT_EVENTS)
+    )
+    if previous is not None and previous.webhook_id and previous.webhook_id != webhook["id"]:
+        # A second connect replaces the webhook; leaving the old one would double every event.
+        with contextlib.suppress(GreenfieldError):
+            await client.delete_webhook(store_id, previous.webhook_id)
+    return name, str(webhook["id"]), secret
+
+
+def _missing_message(permission: str | None, store_id: str) -> str:
+    if permission is None:
+        return f"the API key lacks a permission BTCPay requires for store {store_id}"
+    why = WHY.get(permission, "")
+    return (
+        f"the API key lacks the permission {permission}"
+        f"{' (' + why + ')' if why else ''} on store {store_id}; "
+        f"create a key with {CAN_VIEW_PAYOUTS} and {CAN_MODIFY_WEBHOOKS}"
+    )
+
+
+async def _stores(args: argparse.Namespace) -> int:
+    settings = load(args)
+    engine = await open_ledger(settings)
+    try:
+        async with engine.connect() as conn:
+            stores = await list_stores(conn)
+            rows = []
+            for store in stores:
+                state = await sync_state(conn, store.id) or {}
+                pending = await count_pending_events(conn, store.id)
+                rows.append(
+                    (
+                        store.id,
+                        store.name or "-",
+                        store.btcpay_url or "-",
+                        store.webhook_id or "-",
+                        _when(state.get("last_success_at")),
+                        str(state.get("payouts_seen", "-")),
+                        str(pending),
+                        (state.get("last_error") or "-")
+                        if state.get("last_error_at")
+                        and (
+                            state.get("last_success_at") is None
+                            or state["last_error_at"] > state["last_success_at"]
+                        )
+                        else "-",
+                    )
+                )
+    finally:
+        await engine.dispose()
+    if not rows:
+        print("no stores connected; use `flash-payouts btcpay connect --store STORE_ID`")
+        return 0
+    header = ("STORE", "NAME", "BTCPAY", "WEBHOOK", "LAST SYNC", "PAYOUTS", "QUEUED", "ERROR")
+    _table(sys.stdout, [header, *rows])
+    return 0
+
+
+def _when(value) -> str:  # type: ignore[no-untyped-def]
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "never"
+
+
+def _table(out: TextIO, rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+async def _sync(args: argparse.Namespace) -> int:
+    settings = load(args)
+    box = secret_box(settings)
+    engine = await open_ledger(settings)
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        clients = StoreClients(engine, box, timeout=settings.btcpay_timeout)
+        try:
+            if args.store and not await clients.targets(args.store):
+                raise CommandError(f"store {args.store!r} is not connected (see `btcpay stores`)")
+            results = await reconcile_all(
+                engine, clients, args.store, progress=bar.update if bar else None
+            )
+        finally:
+            await clients.close()
+    finally:
+        await engine.dispose()
+    if bar is not None:
+        bar.done()
+    if not results:
+        print("no stores connected; use `flash-payouts btcpay connect --store STORE_ID`")
+        return 0
+    failed = 0
+    for result in results:
+        if result.ok:
+            print(
+                f"store {result.store_id}: {result.seen} payouts, {result.changed} changed "
+                f"({result.created} new) in {result.seconds:.1f} s"
+            )
+        else:
+            failed += 1
+            print(f"store {result.store_id}: sync failed: {result.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class _ProgressBar:
+    """One line on a terminal, redrawn at most ten times a second."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self.out = out
+        self.width = width
+        self._last = 0.0
+
+    def update(self, store_id: str, seen: int, received: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1 and (total is None or received < total):
+            return
+        self._last = now
+        if total:
+            filled = int(self.width * min(received, total) / total)
+            bar = "#" * filled + "-" * (self.width - filled)
+            shown = f"[{bar}] {100 * received // total:3d}%"
+        else:
+            shown = f"{received / 1e6:.1f} MB"
+        self.out.write(f"\r{store_id}: {shown} {seen} payouts")
+        self.out.flush()
+
+    def done(self) -> None:
+        self.out.write("\n")
+        self.out.flush()

@@ -1,0 +1,232 @@
+"""The ledger side of BTCPay ingestion: the enrichment queue, reconcile bookkeeping, snapshots.
+
+The enrichment queue is not a separate table: a webhook's ``payout_events`` row carries
+``enrich_pending`` until the payout has been fetched from Greenfield. So the queue survives
+restarts, and an event is in the queue exactly when it is in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .rollups import dialect_insert
+from .schema import Payout, PayoutEvent, Store, SyncState
+
+events_t = PayoutEvent.__table__
+payouts_t = Payout.__table__
+stores_t = Store.__table__
+sync_t = SyncState.__table__
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the enrichment queue ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    id: int
+    store_id: str
+    payout_id: str
+    event_type: str
+    attempts: int
+
+
+async def pending_events(
+    conn: AsyncConnection,
+    *,
+    limit: int = 200,
+    skip_stores: Iterable[str] = (),
+    after_id: int = 0,
+) -> list[PendingEvent]:
+    """The oldest events still waiting for their payout to be fetched."""
+    query = (
+        select(
+            events_t.c.id,
+            events_t.c.store_id,
+            events_t.c.payout_id,
+            events_t.c.event_type,
+            events_t.c.enrich_attempts,
+        )
+        .where(events_t.c.enrich_pending.is_(True), events_t.c.id > after_id)
+        .order_by(events_t.c.id)
+        .limit(limit)
+    )
+    skipped = list(skip_stores)
+    if skipped:
+        query = query.where(events_t.c.store_id.not_in(skipped))
+    rows = (await conn.execute(query)).all()
+    return [PendingEvent(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+async def count_pending_events(conn: AsyncConnection, store_id: str | None = None) -> int:
+    query = select(func.count()).select_from(events_t).where(events_t.c.enrich_pending.is_(True))
+    if store_id is not None:
+        query = query.where(events_t.c.store_id == store_id)
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def complete_events(conn: AsyncConnection, event_ids: Sequence[int]) -> int:
+    """Take events off the queue (their payout is in the ledger now). Returns how many."""
+    if not event_ids:
+        return 0
+    result = await conn.execute(
+        update(events_t)
+        .where(events_t.c.id.in_(list(event_ids)), events_t.c.enrich_pending.is_(True))
+        .values(enrich_pending=False, enrich_attempts=events_t.c.enrich_attempts + 1)
+    )
+    return result.rowcount or 0
+
+
+async def note_enrich_failure(conn: AsyncConnection, event_ids: Sequence[int]) -> None:
+    """Count a failed fetch; the events stay queued."""
+    if event_ids:
+        await conn.execute(
+            update(events_t)
+            .where(events_t.c.id.in_(list(event_ids)))
+            .values(enrich_attempts=events_t.c.enrich_attempts + 1)
+        )
+
+
+# --- stores ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookStore:
+    """What the webhook receiver needs of a store: nothing but its sealed secret."""
+
+    id: str
+    webhook_secret_sealed: str | None
+
+    def __repr__(self) -> str:
+        return f"WebhookStore(id={self.id!r})"
+
+
+async def webhook_store(conn: AsyncConnection, store_id: str) -> WebhookStore | None:
+    row = (
+        await conn.execute(
+            select(stores_t.c.id, stores_t.c.webhook_secret_sealed).where(stores_t.c.id == store_id)
+        )
+    ).one_or_none()
+    return WebhookStore(row[0], row[1]) if row is not None else None
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    """A store the reconciler can reach: its BTCPay and its sealed API key."""
+
+    id: str
+    btcpay_url: str
+    api_key_sealed: str
+
+    def __repr__(self) -> str:
+        return f"SyncTarget(id={self.id!r}, btcpay_url={self.btcpay_url!r})"
+
+
+async def sync_targets(conn: AsyncConnection, store_id: str | None = None) -> list[SyncTarget]:
+    """Connected stores with a BTCPay URL and an API key (one, or all of them)."""
+    query = (
+        select(stores_t.c.id, stores_t.c.btcpay_url, stores_t.c.api_key_sealed)
+        .where(stores_t.c.btcpay_url.is_not(None), stores_t.c.api_key_sealed.is_not(None))
+        .order_by(stores_t.c.id)
+    )
+    if store_id is not None:
+        query = query.where(stores_t.c.id == store_id)
+    return [SyncTarget(r[0], r[1], r[2]) for r in (await conn.execute(query)).all()]
+
+
+# --- reconcile bookkeeping ---------------------------------------------------------------------
+
+
+async def sync_started(
+    conn: AsyncConnection, store_id: str, *, now: datetime | None = None
+) -> None:
+    now = now or _now()
+    stmt = dialect_insert(conn, sync_t).values(
+        store_id=store_id, last_started_at=now, payouts_seen=0, payouts_changed=0
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=["store_id"], set_={"last_started_at": now})
+    )
+
+
+async def sync_succeeded(
+    conn: AsyncConnection, store_id: str, *, seen: int, changed: int, now: datetime | None = None
+) -> None:
+    now = now or _now()
+    values = {"last_success_at": now, "payouts_seen": seen, "payouts_changed": changed}
+    stmt = dialect_insert(conn, sync_t).values(store_id=store_id, last_started_at=now, **values)
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=values))
+
+
+async def sync_failed(
+    conn: AsyncConnection, store_id: str, error: str, *, now: datetime | None = None
+) -> None:
+    now = now or _now()
+    values = {"last_error_at": now, "last_error": error[:1000]}
+    stmt = dialect_insert(conn, sync_t).values(
+        store_id=store_id, last_started_at=now, payouts_seen=0, payouts_changed=0, **values
+    )
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=values))
+
+
+async def sync_state(conn: AsyncConnection, store_id: str) -> dict[str, Any] | None:
+    row = (
+        (await conn.execute(select(sync_t).where(sync_t.c.store_id == store_id)))
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row is not None else None
+
+
+# --- what the ledger already knows, for cheap diffs ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownPayout:
+    revision: int
+    state: str
+    destination: str | None
+    payment_hash: str | None
+    amount_sats: int | None
+    original_amount: Decimal | None
+    original_currency: str | None
+    payout_amount: Decimal | None
+    payout_currency: str | None
+    payout_method_id: str | None
+    transaction_id: str | None
+    pull_payment_id: str | None
+
+
+_KNOWN_COLUMNS = (
+    "revision",
+    "state",
+    "destination",
+    "payment_hash",
+    "amount_sats",
+    "original_amount",
+    "original_currency",
+    "payout_amount",
+    "payout_currency",
+    "payout_method_id",
+    "transaction_id",
+    "pull_payment_id",
+)
+
+
+async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dict[str, KnownPayout]:
+    """The ledger's current view of these payouts, by id (absent ones are left out)."""
+    if not payout_ids:
+        return {}
+    columns = [payouts_t.c.id, *(payouts_t.c[name] for name in _KNOWN_COLUMNS)]
+    rows = (await conn.execute(select(*columns).where(payouts_t.c.id.in_(list(payout_ids))))).all()
+    return {row[0]: KnownPayout(*row[1:]) for row in rows}

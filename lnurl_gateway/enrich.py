@@ -1,0 +1,189 @@
+"""The enrichment worker: turns queued webhook events into full payouts fetched from Greenfield.
+
+The queue is the ledger (``payout_events.enrich_pending``), so nothing waits in memory: a
+restart, a crash or a BTCPay outage leaves the events where they are, and the next pass picks
+them up. Several events for one payout need one fetch, since Greenfield answers with the payout
+as it is now; ``upsert_payout`` never moves its revision backwards, so out-of-order events and
+concurrent workers converge on BTCPay's state.
+
+While a store's BTCPay cannot be reached the worker backs off for that store alone, doubling the
+wait up to a ceiling, and leaves its events queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.ingest import (
+    PendingEvent,
+    SyncTarget,
+    complete_events,
+    note_enrich_failure,
+    pending_events,
+)
+from ledger.payouts import upsert_payout
+
+from .btcpay_stores import StoreClients
+from .greenfield import (
+    GreenfieldAuthError,
+    GreenfieldError,
+    GreenfieldNotFound,
+    GreenfieldUnavailable,
+)
+from .payout_shape import PayoutShapeError, normalise_payout
+
+log = logging.getLogger("lnurl_gateway.enrich")
+
+
+@dataclass
+class EnrichStats:
+    enriched: int = 0  # events taken off the queue with their payout written
+    dropped: int = 0  # events taken off the queue with nothing to fetch (payout gone, bad data)
+    deferred: int = 0  # events left queued (BTCPay unreachable, store not connected)
+    fetches: int = 0
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    until: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class Enricher:
+    engine: AsyncEngine
+    clients: StoreClients
+    batch: int = 500
+    concurrency: int = 16
+    poll_interval: float = 5.0  # catches events queued by other replicas
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _backoff: dict[str, _Backoff] = field(default_factory=dict, repr=False)
+
+    def wake(self) -> None:
+        """Called by the webhook receiver once an event is committed."""
+        self._wake.set()
+
+    def backing_off(self) -> dict[str, float]:
+        """Stores being waited out, with the seconds left."""
+        now = time.monotonic()
+        return {s: b.until - now for s, b in self._backoff.items() if b.until > now}
+
+    async def run_once(self) -> EnrichStats:
+        """Work through the queue once; returns when only backed-off stores' events remain."""
+        stats = EnrichStats()
+        targets = {t.id: t for t in await self.clients.targets()}
+        after_id = 0
+        while True:
+            skip = list(self.backing_off())
+            async with self.engine.connect() as conn:
+                events = await pending_events(
+                    conn, limit=self.batch, skip_stores=skip, after_id=after_id
+                )
+            if not events:
+                return stats
+            after_id = events[-1].id
+            groups: dict[tuple[str, str], list[PendingEvent]] = defaultdict(list)
+            for event in events:
+                groups[(event.store_id, event.payout_id)].append(event)
+            await self._enrich_groups(groups, targets, stats)
+
+    async def _enrich_groups(
+        self,
+        groups: dict[tuple[str, str], list[PendingEvent]],
+        targets: dict[str, SyncTarget],
+        stats: EnrichStats,
+    ) -> None:
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(key: tuple[str, str], group: list[PendingEvent]) -> None:
+            async with limit:
+                await self._enrich(targets.get(key[0]), key[1], group, stats)
+
+        await asyncio.gather(*(one(k, g) for k, g in groups.items()))
+
+    async def _enrich(
+        self,
+        target: SyncTarget | None,
+        payout_id: str,
+        group: list[PendingEvent],
+        stats: EnrichStats,
+    ) -> None:
+        ids = [e.id for e in group]
+        store_id = group[0].store_id
+        if target is None:
+            stats.deferred += len(ids)
+            self._fail(store_id, "store has no BTCPay URL or API key")
+            return
+        backoff = self._backoff.get(store_id)
+        if backoff is not None and backoff.until > time.monotonic():
+            stats.deferred += len(ids)
+            return
+        try:
+            stats.fetches += 1
+            data = await self.clients.client_for(target).get_payout(store_id, payout_id)
+            record = normalise_payout(data, store_id)
+        except (GreenfieldUnavailable, GreenfieldAuthError) as exc:
+            stats.deferred += len(ids)
+            self._fail(store_id, exc.message)
+            async with self.engine.begin() as conn:
+                await note_enrich_failure(conn, ids)
+            return
+        except (GreenfieldNotFound, PayoutShapeError, GreenfieldError) as exc:
+            # Nothing a retry would change: keep the event rows, take them off the queue.
+            log.warning("store %s payout %s: not enriched: %s", store_id, payout_id, exc)
+            async with self.engine.begin() as conn:
+                stats.dropped += await complete_events(conn, ids)
+            return
+        self._backoff.pop(store_id, None)
+        latest = max(group, key=lambda e: e.id)
+        async with self.engine.begin() as conn:
+            await upsert_payout(
+                conn,
+                record,
+                source="webhook",
+                event_type=latest.event_type,
+                event_id=latest.id,
+            )
+            stats.enriched += await complete_events(conn, ids)
+
+    def _fail(self, store_id: str, reason: str) -> None:
+        backoff = self._backoff.setdefault(store_id, _Backoff())
+        now = time.monotonic()
+        if backoff.until > now:
+            return  # already counted for this outage window
+        backoff.failures += 1
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (backoff.failures - 1))
+        backoff.until = now + random.uniform(delay / 2, delay)
+        if backoff.reason != reason or backoff.failures in (1, 5, 10) or backoff.failures % 50 == 0:
+            log.warning(
+                "store %s: BTCPay not answering (%s); events stay queued, retry in %.1f s",
+                store_id,
+                reason,
+                backoff.until - now,
+            )
+        backoff.reason = reason
+
+    async def run(self) -> None:
+        """Forever: drain the queue, then sleep until woken, a backoff ends, or the poll."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the worker must outlive a ledger hiccup; it retries next pass
+                log.exception("enrichment pass failed")
+            waits = [self.poll_interval, *self.backing_off().values()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, min(waits)))

@@ -1,0 +1,225 @@
+"""The reconciler: a full pass over every payout BTCPay has for a store, fixing the ledger.
+
+Webhooks get lost, and BTCPay's auto-cancel of a too-small payout sends none at all, so only a
+full listing (``includeCancelled=true``) is sure to see everything. The list arrives as one
+unpaged array; it is parsed as it streams and handled a page at a time: the ledger's view of
+the page is read in one query, and only payouts that differ are written (source "reconcile"),
+each through ``upsert_payout``, which keeps the revision rule and the rollups.
+
+A payout whose destination the ledger already holds is not decoded again: its payment hash and
+invoice amount are taken from the ledger, which makes a routine pass cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.ingest import KnownPayout, known_payouts, sync_failed, sync_started, sync_succeeded
+from ledger.payouts import PayoutRecord, upsert_payout
+
+from .btcpay_stores import StoreClients
+from .greenfield import GreenfieldClient, GreenfieldError
+from .invoices import DecodedInvoice, decode_invoice
+from .payout_shape import PayoutShapeError, normalise_payout
+
+log = logging.getLogger("lnurl_gateway.reconcile")
+
+PAGE_SIZE = 500
+
+# progress(store_id, payouts_seen, bytes_read, bytes_total or None)
+Progress = Callable[[str, int, int, int | None], None]
+
+
+@dataclass
+class ReconcileResult:
+    store_id: str
+    seen: int = 0
+    changed: int = 0
+    created: int = 0
+    skipped: int = 0  # payouts BTCPay sent that cannot be read (logged)
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class _KnownInvoice:
+    payment_hash: str
+    amount_msat: int | None
+
+
+# Compared to decide whether BTCPay's payout differs from the ledger's row at all.
+_FIELDS = (
+    "state",
+    "destination",
+    "payment_hash",
+    "amount_sats",
+    "original_amount",
+    "original_currency",
+    "payout_amount",
+    "payout_currency",
+    "payout_method_id",
+    "transaction_id",
+    "pull_payment_id",
+)
+
+
+def _differs(record: PayoutRecord, known: KnownPayout | None) -> bool:
+    if known is None or record.revision > known.revision:
+        return True
+    if record.revision < known.revision:
+        return False
+    return any(getattr(record, name) != getattr(known, name) for name in _FIELDS)
+
+
+async def reconcile_store(
+    engine: AsyncEngine,
+    client: GreenfieldClient,
+    store_id: str,
+    *,
+    page_size: int = PAGE_SIZE,
+    progress: Progress | None = None,
+) -> ReconcileResult:
+    """One full pass over a store's payouts. Failures are recorded in ``sync_state``."""
+    result = ReconcileResult(store_id)
+    started = time.perf_counter()
+    async with engine.begin() as conn:
+        await sync_started(conn, store_id)
+    received = [0, None]
+
+    def on_bytes(count: int, total: int | None = None) -> None:
+        received[0], received[1] = count, total
+
+    page: list[dict[str, Any]] = []
+    try:
+        async for item in client.iter_payouts(store_id, True, progress=on_bytes):
+            page.append(item)
+            if len(page) >= page_size:
+                await _apply_page(engine, store_id, page, result)
+                page = []
+                if progress is not None:
+                    progress(store_id, result.seen, received[0], received[1])
+        if page:
+            await _apply_page(engine, store_id, page, result)
+        if progress is not None:
+            progress(store_id, result.seen, received[0], received[1])
+    except GreenfieldError as exc:
+        result.error = exc.message
+    except Exception as exc:  # recorded in sync_state for the operator, then raised
+        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        async with engine.begin() as conn:
+            await sync_failed(conn, store_id, result.error)
+        raise
+    result.seconds = time.perf_counter() - started
+    async with engine.begin() as conn:
+        if result.error is None:
+            await sync_succeeded(conn, store_id, seen=result.seen, changed=result.changed)
+        else:
+            await sync_failed(conn, store_id, result.error)
+    if result.error is None:
+        log.info(
+            "store %s reconciled: %d payouts, %d changed (%d new) in %.1f s",
+            store_id,
+            result.seen,
+            result.changed,
+            result.created,
+            result.seconds,
+        )
+    else:
+        log.warning("store %s: reconcile failed: %s", store_id, result.error)
+    return result
+
+
+async def _apply_page(
+    engine: AsyncEngine, store_id: str, page: list[dict[str, Any]], result: ReconcileResult
+) -> None:
+    ids = [p["id"] for p in page if isinstance(p.get("id"), str)]
+    async with engine.connect() as conn:
+        known = await known_payouts(conn, ids)
+
+    by_destination: dict[str, KnownPayout] = {
+        row.destination: row for row in known.values() if row.destination and row.payment_hash
+    }
+
+    def decode(destination: str) -> DecodedInvoice | _KnownInvoice:
+        row = by_destination.get(destination)
+        if row is not None and row.payment_hash:
+            msat = row.amount_sats * 1000 if row.amount_sats is not None else None
+            return _KnownInvoice(row.payment_hash, msat)
+        return decode_invoice(destination)
+
+    changes: list[PayoutRecord] = []
+    for data in page:
+        result.seen += 1
+        try:
+            record = normalise_payout(data, store_id, decode=decode)  # type: ignore[arg-type]
+        except PayoutShapeError as exc:
+            result.skipped += 1
+            log.warning("store %s: payout skipped: %s", store_id, exc)
+            continue
+        if _differs(record, known.get(record.id)):
+            changes.append(record)
+    if not changes:
+        return
+    async with engine.begin() as conn:
+        for record in changes:
+            outcome = await upsert_payout(conn, record, source="reconcile")
+            result.changed += outcome.changed
+            result.created += outcome.created
+
+
+async def reconcile_all(
+    engine: AsyncEngine,
+    clients: StoreClients,
+    store_id: str | None = None,
+    *,
+    progress: Progress | None = None,
+) -> list[ReconcileResult]:
+    """Reconcile one connected store or all of them, one after the other."""
+    results = []
+    for target in await clients.targets(store_id):
+        client = clients.client_for(target)
+        results.append(await reconcile_store(engine, client, target.id, progress=progress))
+    return results
+
+
+@dataclass
+class PeriodicReconciler:
+    """Runs ``reconcile_all`` every ``interval`` seconds (and once shortly after start)."""
+
+    engine: AsyncEngine
+    clients: StoreClients
+    interval: float
+    first_delay: float = 2.0
+    _now: asyncio.Event | None = None
+
+    def trigger(self) -> None:
+        """Start a pass now instead of at the next interval."""
+        if self._now is not None:
+            self._now.set()
+
+    async def run(self) -> None:
+        self._now = asyncio.Event()
+        delay = self.first_delay
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._now.wait(), delay)
+            self._now.clear()
+            try:
+                await reconcile_all(self.engine, self.clients)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive a ledger hiccup; the next pass retries
+                log.exception("reconcile pass failed")
+            delay = self.interval
