@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ def ledger_deadline(header: str | None, default: float) -> float:
         timeout = float(header) if header else default
     except ValueError:
         timeout = default
-    if not timeout > 0 or timeout != timeout:  # rejects 0, negatives and NaN
+    if not (math.isfinite(timeout) and timeout > 0):
         timeout = default
     return max(0.05, timeout - max(0.1, timeout * 0.1))
 
