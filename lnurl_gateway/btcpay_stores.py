@@ -12,6 +12,7 @@ from __future__ import annotations
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.db import readonly
 from ledger.ingest import SyncTarget, sync_targets
 from ledger.secretbox import SecretBox
 
@@ -72,7 +73,7 @@ class StoreClients:
         return self._session
 
     async def targets(self, store_id: str | None = None) -> list[SyncTarget]:
-        async with self.engine.connect() as conn:
+        async with readonly(self.engine).connect() as conn:
             return await sync_targets(conn, store_id)
 
     def client_for(self, target: SyncTarget) -> GreenfieldClient:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.db import readonly
 from ledger.ingest import (
     PendingEvent,
     SyncTarget,
@@ -86,7 +87,7 @@ class Enricher:
         after_id = 0
         while True:
             skip = list(self.backing_off())
-            async with self.engine.connect() as conn:
+            async with readonly(self.engine).connect() as conn:
                 events = await pending_events(
                     conn, limit=self.batch, skip_stores=skip, after_id=after_id
                 )

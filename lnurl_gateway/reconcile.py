@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.db import readonly
 from ledger.ingest import KnownPayout, known_payouts, sync_failed, sync_started, sync_succeeded
 from ledger.payouts import PayoutRecord, upsert_payout
 
@@ -145,7 +146,7 @@ async def _apply_page(
     engine: AsyncEngine, store_id: str, page: list[dict[str, Any]], result: ReconcileResult
 ) -> None:
     ids = [p["id"] for p in page if isinstance(p.get("id"), str)]
-    async with engine.connect() as conn:
+    async with readonly(engine).connect() as conn:
         known = await known_payouts(conn, ids)
 
     by_destination: dict[str, KnownPayout] = {

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.db import readonly
 from ledger.ingest import webhook_store
 from ledger.payouts import record_event
 from ledger.secretbox import SecretBox, SecretBoxError
@@ -58,6 +59,7 @@ class WebhookReceiver:
         on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.reader = readonly(engine)
         self.box = box
         self.on_queued = on_queued
 
@@ -73,7 +75,7 @@ class WebhookReceiver:
         if not _is_id(store_id):
             return _refuse(request, 400, "bad-event", "the body names no storeId")
 
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             store = await webhook_store(conn, store_id)
         if store is None or store.webhook_secret_sealed is None:
             return _refuse(request, 404, "unknown-store", "no connected store has it", store_id)

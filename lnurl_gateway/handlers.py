@@ -1,0 +1,441 @@
+"""The Boltcard LNURL-withdraw endpoints (LUD-03): the tap and its callback.
+
+``BoltcardGateway`` holds the flow and reads top to bottom in the order a reviewer expects:
+tap: parse, decrypt, find the card, wiped?, enabled?, MAC, counter (atomic), limits, k1;
+callback: invoice, k1 (atomic), bounds, invoice held once, day limit (atomic), claim, record.
+Every refusal is ``{"status": "ERROR", "reason": ...}`` with a reason of its own; every tap is a
+``card_taps`` row. The aiohttp handlers at the bottom only translate HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import string
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger import cards as ledger_cards
+from ledger import taps as ledger_taps
+from ledger.payouts import CardLink, upsert_payout
+from ledger.secretbox import SecretBox
+
+from .boltcard import C_LEN, P_LEN, BadParam, parse_hex_param, verify_c
+from .greenfield import (
+    GreenfieldClient,
+    GreenfieldError,
+    GreenfieldUnavailable,
+)
+from .invoices import DecodedInvoice, InvoiceError, decode_invoice, network_prefix
+from .payout_shape import PayoutShapeError, normalise_payout
+from .registry import KeyRing, open_keys, uid_hash
+
+log = logging.getLogger("lnurl_gateway.boltcard")
+
+# Tap outcomes (card_taps.outcome and the ``taps`` counter's label).
+ACCEPTED = ledger_taps.ACCEPTED
+MALFORMED = "malformed"
+BAD_P = "bad_p"
+UNKNOWN_CARD = "unknown_card"
+WIPED = "wiped"
+DISABLED = "disabled"
+BAD_MAC = "bad_mac"
+REPLAY = "replay"
+LIMIT = "limit"
+# Callback outcomes: what became of an accepted tap (the ``callbacks`` counter's label).
+PAID = ledger_taps.PAID
+INVOICE_REFUSED = "invoice_refused"
+DUPLICATE_INVOICE = "duplicate_invoice"
+OVER_LIMIT = "over_limit"
+CARD_UNUSABLE = "card_unusable"
+BTCPAY_REFUSED = "btcpay_refused"
+BTCPAY_UNAVAILABLE = "btcpay_unavailable"
+
+# Network names as the settings spell them, and as BOLT11 prefixes.
+_NETWORKS = {"bitcoin": "bc", "mainnet": "bc", "testnet": "tb", "signet": "tbs", "regtest": "bcrt"}
+_HEX = frozenset(string.hexdigits)
+_K1_LEN = 32  # bytes; LUD-03 asks for a random k1, 256 bits leaves no room for guessing
+
+
+def network_of(name: str) -> str:
+    """The BOLT11 prefix for a network name (``bitcoin``, ``regtest``, ... or a prefix)."""
+    return _NETWORKS.get(name) or network_prefix(name)
+
+
+def lud03_error(reason: str) -> dict[str, str]:
+    return {"status": "ERROR", "reason": reason}
+
+
+def k1_hash(k1: str) -> str:
+    return hashlib.sha256(bytes.fromhex(k1)).hexdigest()
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What the tap and callback need to know (see app.GatewayConfig for the full set)."""
+
+    callback_url: str
+    k1_ttl: float
+    network: str  # BOLT11 prefix
+    min_withdrawable_sats: int
+    default_tx_limit_sats: int
+    default_day_limit_sats: int
+    btcpay_timeout: float
+    default_description: str
+
+
+ClientFor = Callable[[str], GreenfieldClient]
+
+
+class BoltcardGateway:
+    """Tap and callback over the ledger, the key ring and BTCPay's Greenfield API."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        box: SecretBox,
+        settings: GatewaySettings,
+        ring: KeyRing,
+        client_for: ClientFor,
+    ) -> None:
+        self.engine = engine
+        self.box = box
+        self.settings = settings
+        self.ring = ring
+        self.client_for = client_for
+        self._ring_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"BoltcardGateway(callback_url={self.settings.callback_url!r})"
+
+    # --- tap --------------------------------------------------------------------------------
+
+    async def tap(
+        self, p_hex: str | None, c_hex: str | None, *, remote: str | None, agent: str | None
+    ) -> dict[str, Any]:
+        seen = {"remote_addr": remote, "user_agent": agent}
+        try:
+            p = parse_hex_param(p_hex or "", P_LEN, "p")
+            c = parse_hex_param(c_hex or "", C_LEN, "c")
+        except BadParam as exc:
+            return await self._refuse(MALFORMED, f"malformed tap: {exc}", **seen)
+
+        candidates = await self._candidates(p)
+        if not candidates:
+            return await self._refuse(
+                BAD_P, "p is not a Boltcard message under any key this gateway knows", **seen
+            )
+        lookup = [(uid_hash(self.box, picc.uid), fp) for fp, picc in candidates]
+        async with self.engine.connect() as conn:
+            found = await ledger_cards.find_tap_card(conn, lookup)
+        if found is None:
+            return await self._refuse(UNKNOWN_CARD, "unknown card", **seen)
+        card = found.card
+        picc = next(picc for fp, picc in candidates if fp == card.k1_fingerprint)
+        who = {
+            "store_id": card.store_id,
+            "card_id": card.id,
+            # An opted-out store keeps no UID in its tap rows.
+            "uid": picc.uid_hex if found.card_tracking else None,
+            "counter": picc.counter,
+            "card_rollup": found.card_tracking,
+            **seen,
+        }
+
+        if card.wiped_at is not None:
+            return await self._refuse(WIPED, "card has been wiped", **who)
+        if not card.enabled:
+            return await self._refuse(DISABLED, "card is disabled", **who)
+        keys = open_keys(self.box, card)
+        if keys.k2 is None or not verify_c(c, keys.k2, picc.uid, picc.counter):
+            return await self._refuse(BAD_MAC, "c is not this card's MAC (bad MAC)", **who)
+
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            if not await ledger_cards.advance_counter(conn, card.id, picc.counter, now=now):
+                reason = f"replayed tap: counter {picc.counter} was already used"
+                await ledger_taps.record_tap(conn, outcome=REPLAY, reason=reason, now=now, **who)
+                return lud03_error(reason)
+            max_msat = await self._max_withdrawable_msat(conn, card, now)
+            min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
+            if max_msat < min_msat:
+                reason = "card limit reached: nothing left to withdraw today"
+                await ledger_taps.record_tap(conn, outcome=LIMIT, reason=reason, now=now, **who)
+                return lud03_error(reason)
+            k1 = secrets.token_hex(_K1_LEN)
+            await ledger_taps.record_tap(
+                conn,
+                outcome=ACCEPTED,
+                k1_hash=k1_hash(k1),
+                k1_expires_at=now + timedelta(seconds=self.settings.k1_ttl),
+                max_withdrawable_msat=max_msat,
+                now=now,
+                **who,
+            )
+        return {
+            "tag": "withdrawRequest",
+            "callback": self.settings.callback_url,
+            "k1": k1,
+            "minWithdrawable": min_msat,
+            "maxWithdrawable": max_msat,
+            "defaultDescription": self.settings.default_description,
+        }
+
+    async def _candidates(self, p: bytes) -> list:
+        found = self.ring.candidates(p)
+        if not found and self.ring.stale():
+            # A card added by another process (the command line, another replica) since the
+            # last load; the staleness interval bounds how often unknown taps cause a load.
+            async with self._ring_lock:
+                if self.ring.stale():
+                    async with self.engine.connect() as conn:
+                        await self.ring.load(conn)
+            found = self.ring.candidates(p)
+        return found
+
+    async def _max_withdrawable_msat(self, conn: Any, card: ledger_cards.CardRow, now) -> int:
+        tx_sats = card.tx_limit_sats
+        day_sats = card.day_limit_sats
+        if tx_sats is None:
+            tx_sats = self.settings.default_tx_limit_sats
+        if day_sats is None:
+            day_sats = self.settings.default_day_limit_sats
+        reserved = await ledger_taps.day_reserved_msat(conn, card.id, now.date())
+        return max(0, min(tx_sats * 1000, day_sats * 1000 - reserved))
+
+    async def _refuse(self, outcome: str, reason: str, **row: Any) -> dict[str, str]:
+        async with self.engine.begin() as conn:
+            await ledger_taps.record_tap(conn, outcome=outcome, reason=reason, **row)
+        return lud03_error(reason)
+
+    # --- callback ---------------------------------------------------------------------------
+
+    async def callback(self, k1: str | None, pr: str | None) -> dict[str, Any]:
+        if not k1:
+            return lud03_error("k1 is missing")
+        if len(k1) != 2 * _K1_LEN or not _HEX.issuperset(k1):
+            return lud03_error("unknown k1")
+        if not pr:
+            return lud03_error("pr (the invoice to pay) is missing")
+        # The invoice's own faults are checked before the k1 is used up, so a wallet that
+        # sent a bad invoice can retry with a good one.
+        try:
+            invoice = decode_invoice(pr)
+        except InvoiceError as exc:
+            return lud03_error(f"unreadable invoice: {exc}")
+        if invoice.network != self.settings.network:
+            return lud03_error(
+                f"invoice is for the wrong network ({invoice.network_name}); "
+                f"this gateway pays on {_network_name(self.settings.network)}"
+            )
+        if invoice.is_expired():
+            return lud03_error("invoice has expired")
+        if invoice.amount_msat is None:
+            return lud03_error("invoice has no amount")
+
+        held = await self._reserve(k1_hash(k1), invoice)
+        if isinstance(held, dict):
+            return held
+        return await self._claim(held, invoice)
+
+    async def _reserve(self, hashed_k1: str, invoice: DecodedInvoice) -> dict | _Held:
+        amount = invoice.amount_msat
+        assert amount is not None
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            tap = await ledger_taps.consume_k1(conn, hashed_k1, now=now)
+            if tap is None:
+                state = await ledger_taps.k1_state(conn, hashed_k1, now=now)
+                return lud03_error(
+                    {"used": "k1 already used", "expired": "k1 has expired"}.get(
+                        state, "unknown k1"
+                    )
+                )
+            found = await ledger_cards.get_tap_card(conn, tap.card_id) if tap.card_id else None
+
+            async def refuse(outcome: str, reason: str) -> dict[str, str]:
+                await ledger_taps.finish_tap(
+                    conn, tap.id, store_id=tap.store_id, outcome=outcome, reason=reason, now=now
+                )
+                return lud03_error(reason)
+
+            if found is None:
+                return await refuse(CARD_UNUSABLE, "card no longer registered")
+            card = found.card
+            if card.wiped_at is not None:
+                return await refuse(CARD_UNUSABLE, "card has been wiped")
+            if not card.enabled:
+                return await refuse(CARD_UNUSABLE, "card is disabled")
+            min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
+            max_msat = tap.max_withdrawable_msat or 0
+            if card.tx_limit_sats is not None:
+                max_msat = min(max_msat, card.tx_limit_sats * 1000)
+            if not min_msat <= amount <= max_msat:
+                return await refuse(
+                    INVOICE_REFUSED,
+                    f"invoice amount {amount} msat is outside {min_msat}..{max_msat} msat",
+                )
+            if not found.btcpay_url or not card.pull_payment_id:
+                return await refuse(
+                    BTCPAY_UNAVAILABLE, "BTCPay unavailable: the card's store is not connected"
+                )
+            # An opted-out store's taps must not be joinable to payouts by payment hash, so
+            # they keep a keyed fingerprint of it, still unique per invoice.
+            kept_hash = (
+                invoice.payment_hash
+                if found.card_tracking
+                else self.box.fingerprint(bytes.fromhex(invoice.payment_hash), purpose=b"ph")
+            )
+            day = now.date()
+            if not await ledger_taps.hold_invoice(
+                conn,
+                tap.id,
+                bolt11=invoice.payment_request,
+                payment_hash=kept_hash,
+                lock_hash=invoice.payment_hash,
+                amount_msat=amount,
+                reserved_day=day,
+                now=now,
+            ):
+                return await refuse(
+                    DUPLICATE_INVOICE, "invoice already claimed through another tap"
+                )
+            limit = card.day_limit_sats
+            if limit is None:
+                limit = self.settings.default_day_limit_sats
+            if not await ledger_taps.reserve_day_spend(conn, card.id, day, amount, limit * 1000):
+                return await refuse(OVER_LIMIT, f"over the card's day limit of {limit} sats")
+            return _Held(
+                tap_id=tap.id,
+                tap_uid=tap.uid,
+                store_id=card.store_id,
+                card_id=card.id,
+                pull_payment_id=card.pull_payment_id,
+                btcpay_url=found.btcpay_url,
+                card_tracking=found.card_tracking,
+                amount_msat=amount,
+                day=day,
+            )
+
+    async def _claim(self, held: _Held, invoice: DecodedInvoice) -> dict[str, Any]:
+        client = self.client_for(held.btcpay_url)
+        try:
+            data = await asyncio.wait_for(
+                client.claim_payout(held.pull_payment_id, invoice.payment_request, "BTC-LN"),
+                self.settings.btcpay_timeout,
+            )
+        except (GreenfieldUnavailable, TimeoutError) as exc:
+            reason = "BTCPay unavailable: " + (
+                "no answer in time" if isinstance(exc, TimeoutError) else _short(exc)
+            )
+            return await self._release(held, BTCPAY_UNAVAILABLE, reason)
+        except GreenfieldError as exc:
+            return await self._release(held, BTCPAY_REFUSED, f"BTCPay refused: {_short(exc)}")
+
+        try:
+            record = normalise_payout(data, held.store_id, decode=None)
+        except PayoutShapeError as exc:
+            # BTCPay took the claim; its webhook or the reconciler will bring the payout.
+            log.warning("claim answer for tap %s unreadable: %s", held.tap_id, exc)
+            return {"status": "OK"}
+        record.payment_hash = invoice.payment_hash
+        record.amount_sats = held.amount_msat // 1000
+        link = CardLink(held.card_id, held.tap_uid, held.tap_id) if held.card_tracking else None
+        async with self.engine.begin() as conn:
+            await upsert_payout(
+                conn, record, source="gateway", event_type="PayoutCreated", card=link
+            )
+            await ledger_taps.finish_tap(
+                conn, held.tap_id, store_id=held.store_id, outcome=PAID, payout_id=record.id
+            )
+        return {"status": "OK"}
+
+    async def _release(self, held: _Held, outcome: str, reason: str) -> dict[str, str]:
+        async with self.engine.begin() as conn:
+            await ledger_taps.release_day_spend(conn, held.card_id, held.day, held.amount_msat)
+            await ledger_taps.finish_tap(
+                conn, held.tap_id, store_id=held.store_id, outcome=outcome, reason=reason
+            )
+        return lud03_error(reason)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A callback that passed every check and holds its invoice and day-limit reservation."""
+
+    tap_id: int
+    tap_uid: str | None
+    store_id: str
+    card_id: str
+    pull_payment_id: str
+    btcpay_url: str
+    card_tracking: bool
+    amount_msat: int
+    day: Any
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _network_name(prefix: str) -> str:
+    return {"bc": "mainnet", "tb": "testnet", "tbs": "signet", "bcrt": "regtest"}.get(
+        prefix, prefix
+    )
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+GATEWAY = web.AppKey("boltcard_gateway", BoltcardGateway)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    # LNURL wallets fetch these cross-origin from web pages.
+    return web.json_response(
+        body,
+        status=status,
+        headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"},
+    )
+
+
+async def tap_handler(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    query = request.rel_url.query
+    answer = await gateway.tap(
+        query.get("p"),
+        query.get("c"),
+        remote=request.remote,
+        agent=request.headers.get("User-Agent"),
+    )
+    return _json(answer)
+
+
+async def callback_handler(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    query = request.rel_url.query
+    return _json(await gateway.callback(query.get("k1"), query.get("pr")))
+
+
+@web.middleware
+async def lud03_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under /boltcard every answer is LUD-03 JSON: no HTML error page, no 500, no traceback."""
+    if not request.path.startswith("/boltcard"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json(lud03_error(exc.reason or "request not understood"), status=exc.status)
+    except Exception:
+        log.exception("unexpected failure answering %s", request.path)
+        return _json(lud03_error("the gateway could not handle this request; try again"))
