@@ -1,0 +1,275 @@
+"""Card taps and their callbacks: every tap a row, single-use k1s, day-limit reservations.
+
+Each security check that touches the database is one atomic statement:
+- a k1 is consumed by ``UPDATE ... WHERE k1_used_at IS NULL AND k1_expires_at > now RETURNING``,
+  so of any number of concurrent callbacks with one k1 exactly one gets the tap back;
+- a day-limit reservation is ``INSERT ... ON CONFLICT DO UPDATE ... WHERE reserved + new <= limit``,
+  so concurrent callbacks can never reserve more than the limit between them;
+- an invoice is held by one tap at a time, under the payment hash's lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .payouts import lock_payment_hash
+from .rollups import bump_card_rollup, bump_counter, dialect_insert
+from .schema import CardDaySpend, CardTap
+
+taps_t = CardTap.__table__
+spend_t = CardDaySpend.__table__
+
+ACCEPTED = "accepted"
+# The tap's row moves on as its callback proceeds; "claiming" and "paid" hold their invoice.
+CLAIMING = "claiming"
+PAID = "paid"
+HOLDING_INVOICE = (CLAIMING, PAID)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class IssuedTap:
+    """What a consumed k1 gives back: the tap it was issued for."""
+
+    id: int
+    store_id: str | None
+    card_id: str | None
+    uid: str | None
+    counter: int | None
+    max_withdrawable_msat: int | None
+    created_at: datetime
+
+
+async def record_tap(
+    conn: AsyncConnection,
+    *,
+    outcome: str,
+    reason: str | None = None,
+    store_id: str | None = None,
+    card_id: str | None = None,
+    uid: str | None = None,
+    counter: int | None = None,
+    k1_hash: str | None = None,
+    k1_expires_at: datetime | None = None,
+    max_withdrawable_msat: int | None = None,
+    remote_addr: str | None = None,
+    user_agent: str | None = None,
+    source: str = "gateway",
+    card_rollup: bool = True,
+    now: datetime | None = None,
+) -> int:
+    """Write one tap row and count it (``taps`` by outcome, the card's day rollup).
+
+    ``k1_hash`` is the SHA-256 of the k1 handed to the wallet: the k1 itself is never stored.
+    ``card_rollup`` False keeps an opted-out store's cards out of the per-card rollups.
+    """
+    now = now or utcnow()
+    tap_id = (
+        await conn.execute(
+            taps_t.insert()
+            .values(
+                store_id=store_id,
+                card_id=card_id,
+                uid=uid,
+                counter=counter,
+                source=source,
+                outcome=outcome,
+                reason=reason,
+                k1_hash=k1_hash,
+                k1_expires_at=k1_expires_at,
+                max_withdrawable_msat=max_withdrawable_msat,
+                remote_addr=(remote_addr or None) and remote_addr[:64],
+                user_agent=(user_agent or None) and user_agent[:300],
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(taps_t.c.id)
+        )
+    ).scalar_one()
+    await bump_counter(conn, store_id, "taps", outcome)
+    if card_id is not None and store_id is not None and card_rollup:
+        await bump_card_rollup(
+            conn,
+            card_id=card_id,
+            store_id=store_id,
+            at=now,
+            taps=1,
+            refused_taps=0 if outcome == ACCEPTED else 1,
+        )
+    return int(tap_id)
+
+
+async def day_reserved_msat(conn: AsyncConnection, card_id: str, day: date) -> int:
+    value = (
+        await conn.execute(
+            select(spend_t.c.reserved_msat).where(
+                spend_t.c.card_id == card_id, spend_t.c.day == day
+            )
+        )
+    ).scalar_one_or_none()
+    return int(value or 0)
+
+
+async def consume_k1(
+    conn: AsyncConnection, k1_hash: str, *, now: datetime | None = None
+) -> IssuedTap | None:
+    """Use a k1 once: the tap it belongs to, or None when it is unknown, used or expired."""
+    now = now or utcnow()
+    row = (
+        await conn.execute(
+            update(taps_t)
+            .where(
+                taps_t.c.k1_hash == k1_hash,
+                taps_t.c.k1_used_at.is_(None),
+                taps_t.c.k1_expires_at > now,
+            )
+            .values(k1_used_at=now, updated_at=now)
+            .returning(
+                taps_t.c.id,
+                taps_t.c.store_id,
+                taps_t.c.card_id,
+                taps_t.c.uid,
+                taps_t.c.counter,
+                taps_t.c.max_withdrawable_msat,
+                taps_t.c.created_at,
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return IssuedTap(
+        id=int(row.id),
+        store_id=row.store_id,
+        card_id=row.card_id,
+        uid=row.uid,
+        counter=row.counter,
+        max_withdrawable_msat=row.max_withdrawable_msat,
+        created_at=row.created_at,
+    )
+
+
+async def k1_state(conn: AsyncConnection, k1_hash: str, *, now: datetime | None = None) -> str:
+    """Why a k1 could not be consumed: ``unknown``, ``used`` or ``expired``."""
+    now = now or utcnow()
+    row = (
+        await conn.execute(
+            select(taps_t.c.k1_used_at, taps_t.c.k1_expires_at).where(taps_t.c.k1_hash == k1_hash)
+        )
+    ).one_or_none()
+    if row is None:
+        return "unknown"
+    if row.k1_used_at is not None:
+        return "used"
+    if row.k1_expires_at is not None and row.k1_expires_at <= now:
+        return "expired"
+    return "unknown"
+
+
+async def reserve_day_spend(
+    conn: AsyncConnection, card_id: str, day: date, amount_msat: int, limit_msat: int | None
+) -> bool:
+    """Reserve ``amount_msat`` of the card's day, unless that would pass ``limit_msat``.
+
+    The limit is in the conflict branch's WHERE, so the check and the addition are one
+    statement: concurrent reservations serialise on the row and each sees the others' sums.
+    """
+    if limit_msat is not None and amount_msat > limit_msat:
+        return False
+    stmt = dialect_insert(conn, spend_t).values(card_id=card_id, day=day, reserved_msat=amount_msat)
+    total = spend_t.c.reserved_msat + stmt.excluded.reserved_msat
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["card_id", "day"],
+        set_={"reserved_msat": total},
+        where=(total <= limit_msat) if limit_msat is not None else None,
+    ).returning(spend_t.c.reserved_msat)
+    return (await conn.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def release_day_spend(
+    conn: AsyncConnection, card_id: str, day: date, amount_msat: int
+) -> None:
+    """Give back a reservation whose payout did not happen."""
+    await conn.execute(
+        update(spend_t)
+        .where(spend_t.c.card_id == card_id, spend_t.c.day == day)
+        .values(reserved_msat=spend_t.c.reserved_msat - amount_msat)
+    )
+
+
+async def hold_invoice(
+    conn: AsyncConnection,
+    tap_id: int,
+    *,
+    bolt11: str,
+    payment_hash: str,
+    lock_hash: str,
+    amount_msat: int,
+    reserved_day: date | None,
+    now: datetime | None = None,
+) -> bool:
+    """Record the invoice a tap is about to claim; False when another tap already holds it.
+
+    ``payment_hash`` is what the row keeps (the ledger links payouts to taps by it);
+    ``lock_hash`` is the invoice's real payment hash, whose lock serialises the check and
+    the write across gateway processes.
+    """
+    now = now or utcnow()
+    await lock_payment_hash(conn, lock_hash)
+    holder = (
+        await conn.execute(
+            select(taps_t.c.id)
+            .where(
+                taps_t.c.payment_hash == payment_hash,
+                taps_t.c.outcome.in_(HOLDING_INVOICE),
+                taps_t.c.id != tap_id,
+            )
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if holder is not None:
+        return False
+    await conn.execute(
+        update(taps_t)
+        .where(taps_t.c.id == tap_id)
+        .values(
+            bolt11=bolt11,
+            payment_hash=payment_hash,
+            amount_msat=amount_msat,
+            reserved_day=reserved_day,
+            outcome=CLAIMING,
+            reason=None,
+            updated_at=now,
+        )
+    )
+    return True
+
+
+async def finish_tap(
+    conn: AsyncConnection,
+    tap_id: int,
+    *,
+    store_id: str | None,
+    outcome: str,
+    reason: str | None = None,
+    payout_id: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Mark what became of a tap's callback and count it (``callbacks`` by outcome)."""
+    now = now or utcnow()
+    values: dict[str, object] = {"outcome": outcome, "reason": reason, "updated_at": now}
+    if payout_id is not None:
+        values["payout_id"] = payout_id
+    await conn.execute(update(taps_t).where(taps_t.c.id == tap_id).values(**values))
+    await bump_counter(conn, store_id, "callbacks", outcome)
+
+
+async def get_tap(conn: AsyncConnection, tap_id: int) -> dict | None:
+    row = (await conn.execute(select(taps_t).where(taps_t.c.id == tap_id))).mappings().one_or_none()
+    return dict(row) if row is not None else None
