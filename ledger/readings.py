@@ -7,7 +7,7 @@ the days the rollups cover or K (the per-card series), never by the number of pa
 - counters are the ``counters`` table as written (stores x names x enum labels);
 - active cards count a range of the (store_id, last_payout_at) index, per store;
 - the newest event is one max() on the (store_id, received_at) index, per store;
-- the top cards come from the (store_id, last_payout_at) index with a LIMIT, per store, then
+- the top cards come from the (store_id, last_payout_at) index with a LIMIT per store, then
   ``card_rollups`` by primary key for those few cards.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .schema import Boltcard, CardRollup, Counter, PayoutEvent, PayoutRollup, Store, SyncState
@@ -174,76 +174,80 @@ async def read_top_cards(
     """The ``k`` most active cards of the given stores, with their lifetime totals.
 
     Candidates are the most recently paid cards of each store (an index range with a LIMIT);
-    they are ranked by payouts over the last ``RANKING_DAYS`` days, then by recency. Erased
-    cards never get a series.
+    they are ranked by payouts over the last ``RANKING_DAYS`` days, then by recency, and the
+    winners' day rollups are summed by primary key. One statement, whatever the store count.
+    Erased cards never get a series.
     """
     if k <= 0 or not store_ids:
         return []
     c = cards_t.c
-    candidates: dict[str, tuple[str, str | None, datetime | None, datetime]] = {}
-    for store_id in store_ids:
-        rows = await conn.execute(
-            select(c.id, c.store_id, c.alias, c.last_used_at, c.last_payout_at)
-            .where(c.store_id == store_id, c.last_payout_at.is_not(None), c.erased_at.is_(None))
-            .order_by(c.last_payout_at.desc())
-            .limit(k * CANDIDATES_PER_K)
-        )
-        for card_id, sid, alias, last_used, last_payout in rows:
-            candidates[card_id] = (sid, alias, last_used, last_payout)
-    if not candidates:
-        return []
-
     r = card_rollups_t.c
+    per_store = [
+        select(c.id, c.store_id, c.alias, c.last_used_at, c.last_payout_at)
+        .where(c.store_id == store_id, c.last_payout_at.is_not(None), c.erased_at.is_(None))
+        .order_by(c.last_payout_at.desc())
+        .limit(k * CANDIDATES_PER_K)
+        .subquery()
+        for store_id in store_ids
+    ]
+    parts = [select(*sub.c) for sub in per_store]
+    cand = (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("cand")
     since: date = (now - timedelta(days=RANKING_DAYS)).date()
-    recent = dict(
-        (
-            await conn.execute(
-                select(r.card_id, func.sum(r.payouts))
-                .where(r.card_id.in_(list(candidates)), r.day >= since)
-                .group_by(r.card_id)
-            )
-        ).all()
+    recent = (
+        select(func.coalesce(func.sum(r.payouts), 0))
+        .where(r.card_id == cand.c.id, r.day >= since)
+        .scalar_subquery()
+        .label("recent")
     )
-    ranked = sorted(
-        candidates,
-        key=lambda cid: (int(recent.get(cid) or 0), candidates[cid][3], cid),
-        reverse=True,
-    )[:k]
-
-    totals = {
-        row[0]: row[1:]
-        for row in await conn.execute(
-            select(
-                r.card_id,
-                func.sum(r.payouts),
-                func.sum(r.amount_sats),
-                func.sum(r.taps),
-                func.sum(r.refused_taps),
-                func.max(r.last_used_at),
-            )
-            .where(r.card_id.in_(ranked))
-            .group_by(r.card_id)
+    ranked = (
+        select(*cand.c, recent)
+        .order_by(recent.desc(), cand.c.last_payout_at.desc(), cand.c.id.desc())
+        .limit(k)
+        .subquery("ranked")
+    )
+    keys = (
+        ranked.c.id,
+        ranked.c.store_id,
+        ranked.c.alias,
+        ranked.c.last_used_at,
+        ranked.c.last_payout_at,
+        ranked.c.recent,
+    )
+    rows = await conn.execute(
+        select(
+            *keys,
+            func.sum(r.payouts),
+            func.sum(r.amount_sats),
+            func.sum(r.taps),
+            func.sum(r.refused_taps),
+            func.max(r.last_used_at),
         )
-    }
+        .select_from(ranked.outerjoin(card_rollups_t, r.card_id == ranked.c.id))
+        .group_by(*keys)
+    )
     cards = []
-    for card_id in ranked:
-        store_id, alias, last_used, _ = candidates[card_id]
-        payouts, sats, taps, refused, rollup_last = totals.get(card_id, (0, 0, 0, 0, None))
+    for row in rows:
+        card_id, store_id, alias, last_used, last_payout, recent_n = row[:6]
+        payouts, sats, taps, refused, rollup_last = row[6:]
         last = max((t for t in (last_used, rollup_last) if t is not None), default=None)
         cards.append(
-            CardReading(
-                card_id=card_id,
-                store_id=store_id,
-                alias=alias,
-                payouts=int(payouts or 0),
-                amount_sats=int(sats or 0),
-                taps=int(taps or 0),
-                refused_taps=int(refused or 0),
-                last_used_at=last,
-                recent_payouts=int(recent.get(card_id) or 0),
+            (
+                (int(recent_n or 0), last_payout, card_id),
+                CardReading(
+                    card_id=card_id,
+                    store_id=store_id,
+                    alias=alias,
+                    payouts=int(payouts or 0),
+                    amount_sats=int(sats or 0),
+                    taps=int(taps or 0),
+                    refused_taps=int(refused or 0),
+                    last_used_at=last,
+                    recent_payouts=int(recent_n or 0),
+                ),
             )
         )
-    return cards
+    cards.sort(key=lambda pair: pair[0], reverse=True)
+    return [card for _, card in cards]
 
 
 async def read_snapshot(
