@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -205,25 +206,26 @@ async def read_top_cards(
         .limit(k)
         .subquery("ranked")
     )
-    keys = (
-        ranked.c.id,
-        ranked.c.store_id,
-        ranked.c.alias,
-        ranked.c.last_used_at,
-        ranked.c.last_payout_at,
-        ranked.c.recent,
-    )
+
+    # Correlated sums, not a join: each is a primary-key range of one card's days, where a join
+    # could let the planner hash the whole card_rollups table.
+    def total(column: Any) -> Any:
+        return select(column).where(r.card_id == ranked.c.id).scalar_subquery()
+
     rows = await conn.execute(
         select(
-            *keys,
-            func.sum(r.payouts),
-            func.sum(r.amount_sats),
-            func.sum(r.taps),
-            func.sum(r.refused_taps),
-            func.max(r.last_used_at),
+            ranked.c.id,
+            ranked.c.store_id,
+            ranked.c.alias,
+            ranked.c.last_used_at,
+            ranked.c.last_payout_at,
+            ranked.c.recent,
+            total(func.sum(r.payouts)),
+            total(func.sum(r.amount_sats)),
+            total(func.sum(r.taps)),
+            total(func.sum(r.refused_taps)),
+            total(func.max(r.last_used_at)),
         )
-        .select_from(ranked.outerjoin(card_rollups_t, r.card_id == ranked.c.id))
-        .group_by(*keys)
     )
     cards = []
     for row in rows:
