@@ -1,0 +1,283 @@
+"""Exporter scrape time and series count with 10 thousand to 10 million payouts, on PostgreSQL.
+
+Each size gets its own database, migrated to head and loaded with bulk SQL straight into the
+fact tables (payouts, cards, events) AND the rollups and counters derived from them, as the
+ledger's write functions would have left them. Then ``GET /metrics`` is timed over loopback
+HTTP through the real exporter application.
+
+Baseline: the very SQL one scrape runs (captured from the exporter's own engine), replayed
+through psycopg in the same kind of transaction, so the ratio shows what the exporter adds on
+top of the database. Goal: under 50 ms at every size, with the same number of series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import psycopg
+from aiohttp.test_utils import TestServer
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from exporter.app import ExporterConfig, create_app
+from ledger import migrate
+from ledger.db import create_engine
+from ledger.rollups import COMPLETION_BUCKETS
+
+from .common import BenchOptions, Result, percentiles, print_results, save
+
+SUITE = "exporter"
+STORES = 10
+FULL_SIZES = (10_000, 1_000_000, 10_000_000)
+QUICK_SIZES = (1_000, 10_000)
+FULL_CARDS = 100_000
+QUICK_CARDS = 2_000
+EVENTS_MAX = 1_000_000  # the newest-event query is one index probe; more rows add nothing
+SCRAPES = 40
+GOAL_MS = 50.0
+TAP_OUTCOMES = (("replay", 200), ("bad_mac", 500), ("unknown_card", 1000), ("limit", 300))
+
+
+def _admin(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _db_url(url: str, name: str) -> tuple[str, str]:
+    base = make_url(url)
+    return (
+        base.set(drivername="postgresql+psycopg", database=name).render_as_string(False),
+        base.set(drivername="postgresql", database=name).render_as_string(False),
+    )
+
+
+def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
+    """Fill a migrated database; returns the row counts that matter."""
+    le = ", ".join(f"({b}::float8, '{int(b)}')" for b in COMPLETION_BUCKETS)
+    statements = [
+        "SET synchronous_commit = off",
+        "SET work_mem = '256MB'",
+        f"""INSERT INTO stores (id, name, card_tracking, created_at, updated_at)
+            SELECT 'store-' || s, 'Store ' || s, s <> {STORES - 1}, now(), now()
+            FROM generate_series(0, {STORES - 1}) s""",
+        f"""INSERT INTO boltcards (id, store_id, origin, alias, key_version, last_counter,
+                enabled, created_at, updated_at)
+            SELECT 'card-' || lpad(c::text, 7, '0'), 'store-' || (c % {STORES}), 'issued',
+                CASE WHEN c % 3 = 0 THEN 'Card ' || c END, 1, -1, true,
+                now() - interval '400 days', now()
+            FROM generate_series(0, {cards - 1}) c""",
+        # Payout i goes to card (i * 7919) mod cards, in that card's store, at a time spread
+        # over the last 365 days; 85% Completed, 5% Failed, 5% Processing, 5% Pending.
+        f"""INSERT INTO payouts (id, store_id, pull_payment_id, revision, state, status,
+                original_amount, original_currency, payout_amount, payout_currency, amount_sats,
+                payout_method_id, card_id, created_at, completed_at, updated_at)
+            SELECT 'PO' || i, 'store-' || (c % {STORES}), 'pp-' || (c % {STORES}), 1,
+                CASE WHEN r < 85 THEN 'Completed' WHEN r < 90 THEN 'Cancelled'
+                     WHEN r < 95 THEN 'AwaitingPayment' ELSE 'AwaitingApproval' END,
+                CASE WHEN r < 85 THEN 'Completed' WHEN r < 90 THEN 'Failed'
+                     WHEN r < 95 THEN 'Processing' ELSE 'Pending' END,
+                CASE WHEN r % 10 = 0 THEN round(sats * 0.0006, 2) ELSE sats / 1e8 END,
+                CASE WHEN r % 10 = 0 THEN 'USD' ELSE 'BTC' END,
+                sats / 1e8, 'BTC', sats, 'BTC-LN', 'card-' || lpad(c::text, 7, '0'), t,
+                CASE WHEN r < 85 THEN t + (i % 1200) * interval '1 second' END, t
+            FROM (SELECT i, (i::bigint * 7919) % {cards} AS c, i % 100 AS r,
+                    100 + (i::bigint * 31) % 50000 AS sats,
+                    now() - ((i::bigint * 104729) % 31536000) * interval '1 second' AS t
+                  FROM generate_series(0, {payouts - 1}) i) x""",
+        """INSERT INTO payout_rollups (store_id, day, status, currency, count, amount,
+                amount_sats)
+            SELECT store_id, (created_at AT TIME ZONE 'UTC')::date, status,
+                coalesce(original_currency, payout_currency, ''), count(*),
+                sum(coalesce(original_amount, 0)), sum(coalesce(amount_sats, 0))
+            FROM payouts GROUP BY 1, 2, 3, 4""",
+        """INSERT INTO card_rollups (card_id, day, store_id, payouts, amount_sats, taps,
+                refused_taps, first_used_at, last_used_at)
+            SELECT card_id, (created_at AT TIME ZONE 'UTC')::date, min(store_id), count(*),
+                sum(amount_sats), count(*) + count(*) / 20, count(*) / 20,
+                min(created_at), max(created_at)
+            FROM payouts GROUP BY 1, 2""",
+        """UPDATE boltcards b SET last_payout_at = x.last, last_used_at = x.last,
+                first_used_at = x.first
+            FROM (SELECT card_id, max(last_used_at) AS last, min(first_used_at) AS first
+                  FROM card_rollups GROUP BY card_id) x
+            WHERE b.id = x.card_id""",
+        """INSERT INTO counters (store_id, name, label, value)
+            SELECT store_id, 'payouts_created', '', count(*) FROM payouts GROUP BY 1
+            UNION ALL SELECT store_id, 'sats_created', '', sum(amount_sats) FROM payouts
+                GROUP BY 1
+            UNION ALL SELECT store_id, 'payouts_completed', '', count(*) FROM payouts
+                WHERE status = 'Completed' GROUP BY 1
+            UNION ALL SELECT store_id, 'sats_completed', '', sum(amount_sats) FROM payouts
+                WHERE status = 'Completed' GROUP BY 1
+            UNION ALL SELECT store_id, 'payouts_failed', '', count(*) FROM payouts
+                WHERE status = 'Failed' GROUP BY 1
+            UNION ALL SELECT store_id, 'original_amount_created', original_currency,
+                sum(original_amount) FROM payouts GROUP BY 1, 3
+            UNION ALL SELECT store_id, 'taps', 'accepted', count(*) FROM payouts GROUP BY 1
+            UNION ALL SELECT store_id, 'webhook_events', e.t, count(*) FROM payouts,
+                (VALUES ('PayoutCreated'), ('PayoutApproved'), ('PayoutUpdated')) e(t)
+                GROUP BY 1, 3""",
+        f"""INSERT INTO counters (store_id, name, label, value)
+            SELECT p.store_id, 'completion_seconds_bucket', b.le, count(*)
+            FROM payouts p JOIN (VALUES {le}, ('Infinity'::float8, '+Inf')) b(bound, le)
+                ON extract(epoch FROM p.completed_at - p.created_at) <= b.bound
+            WHERE p.completed_at IS NOT NULL GROUP BY 1, 3
+            UNION ALL SELECT store_id, 'completion_seconds_sum', '',
+                sum(extract(epoch FROM completed_at - created_at))
+            FROM payouts WHERE completed_at IS NOT NULL GROUP BY 1
+            UNION ALL SELECT store_id, 'completion_seconds_count', '', count(*)
+            FROM payouts WHERE completed_at IS NOT NULL GROUP BY 1""",
+        "INSERT INTO counters (store_id, name, label, value) VALUES "
+        + ", ".join(
+            f"('store-{s}', 'taps', '{o}', {max(1, payouts // d)})"
+            for s in range(STORES)
+            for o, d in TAP_OUTCOMES
+        ),
+        f"""INSERT INTO payout_events (store_id, payout_id, source, event_type, state, revision,
+                delivery_id, enrich_pending, enrich_attempts, occurred_at, received_at)
+            SELECT store_id, id, 'webhook', 'PayoutCreated', state, revision, 'd-' || id,
+                false, 0, created_at, created_at
+            FROM payouts LIMIT {min(payouts, EVENTS_MAX)}""",
+        f"""INSERT INTO sync_state (store_id, last_success_at, payouts_seen, payouts_changed)
+            SELECT 'store-' || s, now() - interval '3 minutes', 0, 0
+            FROM generate_series(0, {STORES - 1}) s""",
+    ]
+    with psycopg.connect(conninfo) as conn:
+        for sql in statements:
+            conn.execute(sql)
+        conn.commit()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        counts = {}
+        for table in ("payouts", "boltcards", "payout_rollups", "card_rollups", "counters"):
+            counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return counts
+
+
+def series_in(exposition: str) -> int:
+    return sum(1 for line in exposition.splitlines() if line and not line.startswith("#"))
+
+
+async def measure(async_url: str, conninfo: str) -> dict[str, Any]:
+    engine = create_engine(async_url)
+    captured: list[tuple[str, Any]] = []
+    capturing = False
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        if capturing:
+            captured.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    server = TestServer(create_app(engine, ExporterConfig(top_cards=20)), host="127.0.0.1")
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "10"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):  # warm the pool and the server's caches
+                async with session.get(url, headers=headers) as resp:
+                    await resp.read()
+            capturing = True
+            async with session.get(url, headers=headers) as resp:
+                body = await resp.text()
+            capturing = False
+            assert "flash_up 1.0" in body, "the exporter could not read the ledger"
+            timings = []
+            for _ in range(SCRAPES):
+                started = time.perf_counter()
+                async with session.get(url, headers=headers) as resp:
+                    await resp.read()
+                timings.append((time.perf_counter() - started) * 1000)
+    finally:
+        await server.close()
+        await engine.dispose()
+
+    baseline = []
+    with psycopg.connect(conninfo) as conn:
+        for _ in range(3 + SCRAPES):
+            started = time.perf_counter()
+            with conn.transaction(), conn.cursor() as cur:
+                for statement, parameters in captured:
+                    cur.execute(statement, parameters or None)
+                    if cur.description is not None:
+                        cur.fetchall()
+            baseline.append((time.perf_counter() - started) * 1000)
+    return {
+        "scrape": percentiles(timings),
+        "baseline": percentiles(baseline[3:]),
+        "series": series_in(body),
+        "statements": len(captured),
+    }
+
+
+def label(size: int) -> str:
+    if size >= 1_000_000:
+        return f"{size // 1_000_000}M payouts"
+    return f"{size // 1000}k payouts" if size >= 1000 else f"{size} payouts"
+
+
+async def run(options: BenchOptions) -> list[Result]:
+    sizes = tuple(options.sizes) or (QUICK_SIZES if options.quick else FULL_SIZES)
+    cards = QUICK_CARDS if options.quick else FULL_CARDS
+    results: list[Result] = []
+    series_seen: list[int] = []
+    for size in sizes:
+        name = f"flash_bench_exporter_{size}"
+        async_url, conninfo = _db_url(options.postgres_url, name)
+        with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            await asyncio.to_thread(migrate.upgrade, async_url)
+            started = time.perf_counter()
+            counts = await asyncio.to_thread(load, conninfo, size, cards)
+            load_s = time.perf_counter() - started
+            print(f"  loaded {label(size)} in {load_s:.0f} s: {counts}", flush=True)
+            m = await measure(async_url, conninfo)
+        finally:
+            with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        series_seen.append(m["series"])
+        common = {
+            "suite": SUITE,
+            "size": label(size),
+            "extra": {"rows": counts, "cards": cards, "load_seconds": round(load_s, 1)},
+        }
+        for q in ("p50", "p99"):
+            results.append(
+                Result(
+                    case=f"scrape GET /metrics {q}",
+                    metric="ms",
+                    value=m["scrape"][q],
+                    baseline=f"the scrape's {m['statements']} SQL statements via psycopg {q}",
+                    baseline_value=m["baseline"][q],
+                    goal=f"< {GOAL_MS:g} ms",
+                    met=m["scrape"][q] < GOAL_MS,
+                    notes=f"{cards:,} cards, {STORES} stores, top 20 cards" if q == "p99" else "",
+                    **common,
+                )
+            )
+        results.append(
+            Result(
+                case="series per scrape",
+                metric="series",
+                value=m["series"],
+                baseline="series at the smallest size",
+                baseline_value=series_seen[0],
+                goal="same at every size",
+                met=m["series"] == series_seen[0],
+                **common,
+            )
+        )
+    return results
+
+
+if __name__ == "__main__":
+    opts = BenchOptions(quick="--quick" in sys.argv[1:])
+    found = asyncio.run(run(opts))
+    print_results(found)
+    if not opts.quick:
+        save(SUITE, found)
