@@ -244,7 +244,7 @@ layout.newline()
 panels.append(
     layout.place(
         Table(
-            title="Payouts",
+            title="Payout list",
             description="Newest first, within the picked period, the store, status, card and "
             "search filters. Click a payout id for its detail; click a column header to sort.",
             targets=[sql_target(sql.PAYOUTS_TABLE)],
