@@ -20,6 +20,8 @@ CARD = "${card:sqlstring}"
 
 # The payouts table of the overview: newest first within the picked period, filtered by store,
 # status, card (id or alias) and a search text (payout id, pull payment id, amount or sats).
+# The search is cast through text so that PostgreSQL converts it only when the pattern matched:
+# a quoted literal cast straight to numeric would be converted (and fail) while parsing.
 PAYOUTS_TABLE = f"""
 SELECT payout_id AS "Payout",
        created_at AS "Created",
@@ -40,8 +42,8 @@ SELECT payout_id AS "Payout",
    AND ({SEARCH} = ''
         OR payout_id = {SEARCH}
         OR pull_payment_id = {SEARCH}
-        OR amount = CASE WHEN {SEARCH} ~ '^[0-9]+(\\.[0-9]+)?$' THEN {SEARCH}::numeric END
-        OR amount_sats = CASE WHEN {SEARCH} ~ '^[0-9]{{1,18}}$' THEN {SEARCH}::bigint END)
+        OR amount = CASE WHEN {SEARCH} ~ '^[0-9]+(\\.[0-9]+)?$' THEN ({SEARCH}::text)::numeric END
+        OR amount_sats = CASE WHEN {SEARCH} ~ '^[0-9]{{1,18}}$' THEN ({SEARCH}::text)::bigint END)
  ORDER BY created_at DESC
  LIMIT 1000
 """.strip()
