@@ -1,0 +1,213 @@
+"""Every SQL query of the Grafana boards at 10 million payouts, on PostgreSQL.
+
+One database is migrated to head (which creates the ``grafana_*`` views and the read-only role)
+and bulk-loaded with the same SQL as the exporter suite (payouts spread over a year across
+100,000 cards and 10 stores, their rollups, events and counters), plus card taps. Each board
+query is expanded as Grafana would send it for the board's default period with every store
+selected, and timed as Grafana's role ``flash_grafana`` over psycopg.
+
+Baseline, timed in the same run: ``SELECT count(*)`` of the payouts of the same stores and
+period, the least any query over that range can cost. Goal: each query under 200 ms, so a board
+(whose queries Grafana sends at once) opens in well under 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from dashboards.common import POSTGRES_TYPE, to_dict
+from dashboards.loader import load_dashboards
+from dashboards.macros import Frame, expand_sql
+from ledger import migrate
+from ledger.status import STATUSES
+
+from .common import BenchOptions, Result, percentiles, print_results, save
+from .exporter import STORES, _admin, _db_url, load
+
+SUITE = "dashboards"
+FULL = (10_000_000, 100_000)  # payouts, cards
+QUICK = (100_000, 2_000)
+RUNS = 15
+GOAL_MS = 200.0
+PERIODS = {"flash-payout-detail": timedelta(days=30)}  # the others open on 7 days
+
+
+def load_taps(conninfo: str, taps: int, cards: int) -> None:
+    """Taps spread over the same year: 95% accepted, the rest refused for varied reasons."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SET synchronous_commit = off")
+        conn.execute(
+            f"""INSERT INTO card_taps (store_id, card_id, uid, counter, source, outcome, reason,
+                    k1_hash, amount_msat, payout_id, created_at, updated_at)
+                SELECT 'store-' || (c % {STORES}), 'card-' || lpad(c::text, 7, '0'), NULL, i,
+                    'gateway',
+                    CASE WHEN r < 95 THEN 'accepted' WHEN r < 96 THEN 'replay'
+                         WHEN r < 97 THEN 'bad_mac' WHEN r < 98 THEN 'limit'
+                         ELSE 'k1_expired' END,
+                    CASE WHEN r >= 95 THEN 'refused (' || r || ')' END,
+                    md5(i::text), 100000, CASE WHEN r < 95 THEN 'PO' || i END, t, t
+                FROM (SELECT i, (i::bigint * 7919) % {cards} AS c, i % 100 AS r,
+                        now() - ((i::bigint * 104729) % 31536000) * interval '1 second' AS t
+                      FROM generate_series(0, {taps - 1}) i) x"""
+        )
+        conn.commit()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE card_taps")
+
+
+def board_queries() -> list[tuple[str, str, str]]:
+    found = []
+    for board in load_dashboards().values():
+        data = to_dict(board)
+        for panel in data["panels"]:
+            for target in panel.get("targets", []):
+                if target.get("datasource", {}).get("type") == POSTGRES_TYPE:
+                    found.append((data["uid"], panel["title"], target["rawSql"]))
+        for variable in data["templating"]["list"]:
+            if (variable.get("datasource") or {}).get("type") == POSTGRES_TYPE:
+                found.append((data["uid"], f"${variable['name']}", variable["query"]))
+    return found
+
+
+def reader(conninfo: str) -> str:
+    url = make_url(conninfo)
+    return psycopg.conninfo.make_conninfo(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        dbname=url.database,
+        user="flash_grafana",
+        password="flash_grafana",
+    )
+
+
+def timed(conn: psycopg.Connection, query: str) -> tuple[list[float], int]:
+    rows = 0
+    for _ in range(2):  # warm the plan and the buffers
+        rows = len(conn.execute(query).fetchall())  # type: ignore[call-overload]
+    samples = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        conn.execute(query).fetchall()  # type: ignore[call-overload]
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples, rows
+
+
+def variables(conn: psycopg.Connection) -> dict[str, Any]:
+    card = conn.execute(
+        "SELECT card_id FROM grafana_card_usage GROUP BY 1 ORDER BY sum(payouts) DESC LIMIT 1"
+    ).fetchone()[0]
+    payout = conn.execute(
+        "SELECT payout_id FROM grafana_payouts WHERE card_id = %s ORDER BY created_at DESC LIMIT 1",
+        (card,),
+    ).fetchone()[0]
+    return {
+        "store": [f"store-{s}" for s in range(STORES)],
+        "status": list(STATUSES),
+        "card": "",
+        "search": "",
+        "payout": payout,
+        "_card_id": card,
+    }
+
+
+def measure(conninfo: str, size: int) -> list[Result]:
+    results = []
+    with psycopg.connect(reader(conninfo), autocommit=True) as conn:
+        values = variables(conn)
+        card_id = values.pop("_card_id")
+        cases: list[tuple[str, str, str, dict[str, Any]]] = []
+        for uid, title, raw in board_queries():
+            board_values = dict(values)
+            if uid == "flash-boltcards":
+                board_values["card"] = card_id
+            cases.append((uid, title, raw, board_values))
+        # The overview's list with its filters in use, besides its default (no filter).
+        table = next(raw for uid, title, raw in board_queries() if title == "Payout list")
+        cases.append(
+            (
+                "flash-payouts-overview",
+                "Payout list, search",
+                table,
+                values | {"search": values["payout"]},
+            )
+        )
+        cases.append(
+            (
+                "flash-payouts-overview",
+                "Payout list, card filter",
+                table,
+                values | {"card": card_id},
+            )
+        )
+        cases.append(
+            (
+                "flash-payouts-overview",
+                "Payout list, Failed only",
+                table,
+                values | {"status": ["Failed"]},
+            )
+        )
+        baselines: dict[timedelta, float] = {}
+        for uid, title, raw, board_values in cases:
+            period = PERIODS.get(uid, timedelta(days=7))
+            frame = Frame.last(period, variables=board_values, interval="1h")
+            if period not in baselines:
+                count = (
+                    "SELECT count(*) FROM grafana_payouts WHERE store_id IN ("
+                    + ",".join(f"'{s}'" for s in values["store"])
+                    + ") AND $__timeFilter(created_at)"
+                )
+                samples, _ = timed(conn, expand_sql(count, frame))
+                baselines[period] = percentiles(samples)["p50"]
+            samples, rows = timed(conn, expand_sql(raw, frame))
+            stats = percentiles(samples)
+            results.append(
+                Result(
+                    suite=SUITE,
+                    case=f"{uid.removeprefix('flash-')}: {title}",
+                    metric="p50 ms",
+                    value=stats["p50"],
+                    size=f"{size:,} payouts",
+                    baseline=f"count(*) of {period.days} days of payouts",
+                    baseline_value=baselines[period],
+                    goal=f"< {GOAL_MS:.0f} ms",
+                    met=stats["p99"] < GOAL_MS,
+                    notes=f"p99 {stats['p99']:.1f} ms, {rows} rows",
+                    extra={"p99_ms": stats["p99"], "rows": rows},
+                )
+            )
+    return results
+
+
+async def run(options: BenchOptions) -> list[Result]:
+    payouts, cards = QUICK if options.quick else FULL
+    name = f"flash_bench_dashboards_{payouts}"
+    async_url, conninfo = _db_url(options.postgres_url, name)
+    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        await asyncio.to_thread(migrate.upgrade, async_url)
+        started = time.perf_counter()
+        await asyncio.to_thread(load, conninfo, payouts, cards)
+        await asyncio.to_thread(load_taps, conninfo, payouts // 2, cards)
+        print(f"loaded {payouts:,} payouts in {time.perf_counter() - started:.0f} s", flush=True)
+        return await asyncio.to_thread(measure, conninfo, payouts)
+    finally:
+        with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    opts = BenchOptions(quick="--quick" in sys.argv)
+    found = asyncio.run(run(opts))
+    print_results(found)
+    if not opts.quick:
+        save(SUITE, found)
