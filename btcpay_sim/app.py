@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import control, greenfield
+from . import boltcards, control, greenfield
 from .config import SimConfig
 from .errors import error_middleware
 from .sim import SIMULATOR, Simulator
@@ -28,7 +28,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.add_routes(greenfield.routes)
     app.add_routes(control.routes)
-    # Boltcard routes (see boltcards.py) will be added here.
+    boltcards.setup(app)
     return app
 
 
