@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .schema import Boltcard, Store
+from .schema import Boltcard, CardDaySpend, Store
 
 cards_t = Boltcard.__table__
 stores_t = Store.__table__
+spend_t = CardDaySpend.__table__
 
 
 class CardExists(Exception):
@@ -173,33 +174,35 @@ class TapCard:
     card: CardRow
     card_tracking: bool
     btcpay_url: str | None
+    reserved_msat: int = 0  # reserved against the day limit on the day asked for
 
 
 async def find_tap_card(
-    conn: AsyncConnection, candidates: Sequence[tuple[str, str]]
+    conn: AsyncConnection, candidates: Sequence[tuple[str, str]], *, day: date | None = None
 ) -> TapCard | None:
-    """The card for a tap's (uid_hash, k1_fingerprint) candidates, with its store's settings.
+    """The card for a tap's (uid_hash, k1_fingerprint) candidates, with its store's settings
+    and, given ``day``, what is reserved against its day limit: one indexed query.
 
     A tap usually yields one candidate; a few more when another K1 happens to decrypt ``p``
     to the 0xC7 tag as well (one in 256 per wrong key), and those match no card.
     """
     if not candidates:
         return None
-    row = (
-        (
-            await conn.execute(
-                select(cards_t, stores_t.c.card_tracking, stores_t.c.btcpay_url)
-                .join(stores_t, stores_t.c.id == cards_t.c.store_id)
-                .where(_tap_condition(candidates))
-                .limit(1)
-            )
+    columns = [cards_t, stores_t.c.card_tracking, stores_t.c.btcpay_url]
+    stmt = select(*columns).join(stores_t, stores_t.c.id == cards_t.c.store_id)
+    if day is not None:
+        stmt = stmt.add_columns(spend_t.c.reserved_msat).outerjoin(
+            spend_t, and_(spend_t.c.card_id == cards_t.c.id, spend_t.c.day == day)
         )
+    row = (
+        (await conn.execute(stmt.where(_tap_condition(candidates)).limit(1)))
         .mappings()
         .one_or_none()
     )
     if row is None:
         return None
-    return TapCard(_row(row), bool(row["card_tracking"]), row["btcpay_url"])
+    reserved = int(row.get("reserved_msat") or 0)
+    return TapCard(_row(row), bool(row["card_tracking"]), row["btcpay_url"], reserved)
 
 
 async def get_tap_card(conn: AsyncConnection, card_id: str) -> TapCard | None:

@@ -93,7 +93,6 @@ async def record_tap(
             .returning(taps_t.c.id)
         )
     ).scalar_one()
-    await bump_counter(conn, store_id, "taps", outcome)
     if card_id is not None and store_id is not None and card_rollup:
         await bump_card_rollup(
             conn,
@@ -103,6 +102,8 @@ async def record_tap(
             taps=1,
             refused_taps=0 if outcome == ACCEPTED else 1,
         )
+    # Last: every tap of a store bumps this one row, so its lock is held the shortest time.
+    await bump_counter(conn, store_id, "taps", outcome)
     return int(tap_id)
 
 

@@ -133,50 +133,48 @@ class BoltcardGateway:
                 BAD_P, "p is not a Boltcard message under any key this gateway knows", **seen
             )
         lookup = [(uid_hash(self.box, picc.uid), fp) for fp, picc in candidates]
-        async with self.engine.connect() as conn:
-            found = await ledger_cards.find_tap_card(conn, lookup)
-        if found is None:
-            return await self._refuse(UNKNOWN_CARD, "unknown card", **seen)
-        card = found.card
-        picc = next(picc for fp, picc in candidates if fp == card.k1_fingerprint)
-        who = {
-            "store_id": card.store_id,
-            "card_id": card.id,
-            # An opted-out store keeps no UID in its tap rows.
-            "uid": picc.uid_hex if found.card_tracking else None,
-            "counter": picc.counter,
-            "card_rollup": found.card_tracking,
-            **seen,
-        }
-
-        if card.wiped_at is not None:
-            return await self._refuse(WIPED, "card has been wiped", **who)
-        if not card.enabled:
-            return await self._refuse(DISABLED, "card is disabled", **who)
-        keys = open_keys(self.box, card)
-        if keys.k2 is None or not verify_c(c, keys.k2, picc.uid, picc.counter):
-            return await self._refuse(BAD_MAC, "c is not this card's MAC (bad MAC)", **who)
-
         now = datetime.now(UTC)
+        # One transaction from the lookup to the tap row: the fewest round trips per tap.
         async with self.engine.begin() as conn:
+            found = await ledger_cards.find_tap_card(conn, lookup, day=now.date())
+            if found is None:
+                return await self._refuse(UNKNOWN_CARD, "unknown card", conn=conn, **seen)
+            card = found.card
+            picc = next(picc for fp, picc in candidates if fp == card.k1_fingerprint)
+            who = {
+                "store_id": card.store_id,
+                "card_id": card.id,
+                # An opted-out store keeps no UID in its tap rows.
+                "uid": picc.uid_hex if found.card_tracking else None,
+                "counter": picc.counter,
+                "card_rollup": found.card_tracking,
+                "now": now,
+                "conn": conn,
+                **seen,
+            }
+            if card.wiped_at is not None:
+                return await self._refuse(WIPED, "card has been wiped", **who)
+            if not card.enabled:
+                return await self._refuse(DISABLED, "card is disabled", **who)
+            keys = open_keys(self.box, card)
+            if keys.k2 is None or not verify_c(c, keys.k2, picc.uid, picc.counter):
+                return await self._refuse(BAD_MAC, "c is not this card's MAC (bad MAC)", **who)
             if not await ledger_cards.advance_counter(conn, card.id, picc.counter, now=now):
                 reason = f"replayed tap: counter {picc.counter} was already used"
-                await ledger_taps.record_tap(conn, outcome=REPLAY, reason=reason, now=now, **who)
-                return lud03_error(reason)
-            max_msat = await self._max_withdrawable_msat(conn, card, now)
+                return await self._refuse(REPLAY, reason, **who)
+            max_msat = self._max_withdrawable_msat(card, found.reserved_msat)
             min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
             if max_msat < min_msat:
                 reason = "card limit reached: nothing left to withdraw today"
-                await ledger_taps.record_tap(conn, outcome=LIMIT, reason=reason, now=now, **who)
-                return lud03_error(reason)
+                return await self._refuse(LIMIT, reason, **who)
             k1 = secrets.token_hex(_K1_LEN)
+            who.pop("conn")
             await ledger_taps.record_tap(
                 conn,
                 outcome=ACCEPTED,
                 k1_hash=k1_hash(k1),
                 k1_expires_at=now + timedelta(seconds=self.settings.k1_ttl),
                 max_withdrawable_msat=max_msat,
-                now=now,
                 **who,
             )
         return {
@@ -200,19 +198,23 @@ class BoltcardGateway:
             found = self.ring.candidates(p)
         return found
 
-    async def _max_withdrawable_msat(self, conn: Any, card: ledger_cards.CardRow, now) -> int:
+    def _max_withdrawable_msat(self, card: ledger_cards.CardRow, reserved_msat: int) -> int:
         tx_sats = card.tx_limit_sats
         day_sats = card.day_limit_sats
         if tx_sats is None:
             tx_sats = self.settings.default_tx_limit_sats
         if day_sats is None:
             day_sats = self.settings.default_day_limit_sats
-        reserved = await ledger_taps.day_reserved_msat(conn, card.id, now.date())
-        return max(0, min(tx_sats * 1000, day_sats * 1000 - reserved))
+        return max(0, min(tx_sats * 1000, day_sats * 1000 - reserved_msat))
 
-    async def _refuse(self, outcome: str, reason: str, **row: Any) -> dict[str, str]:
-        async with self.engine.begin() as conn:
+    async def _refuse(
+        self, outcome: str, reason: str, *, conn: Any = None, **row: Any
+    ) -> dict[str, str]:
+        if conn is not None:
             await ledger_taps.record_tap(conn, outcome=outcome, reason=reason, **row)
+        else:
+            async with self.engine.begin() as own:
+                await ledger_taps.record_tap(own, outcome=outcome, reason=reason, **row)
         return lud03_error(reason)
 
     # --- callback ---------------------------------------------------------------------------

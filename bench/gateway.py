@@ -1,0 +1,453 @@
+"""Gateway benchmark: tap steps per second, tap latency at half the peak rate, complete flows.
+
+Everything runs on this machine over loopback: a fresh PostgreSQL database, the BTCPay
+simulator and two gateway processes (``python -m bench.gateway serve``), driven by one aiohttp
+load generator. Tap URLs and invoices are made before the clock starts.
+
+Baselines, measured in the same run:
+- the tap step's own SQL (card lookup, counter advance, day spend, tap row, counters) sent
+  through psycopg with the same concurrency: the ceiling the database allows;
+- claims posted straight to the simulator: the ceiling BTCPay's side allows for flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import psycopg
+from sqlalchemy.engine import make_url
+
+from .common import BenchOptions, Result, percentiles, print_results, save
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = "gateway"
+MASTER_KEY = "5a" * 32
+PROCESSES = 2
+CONCURRENCY = 32
+
+
+def _admin(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening "):
+        proc.kill()
+        raise RuntimeError(f"{args[1]} did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _setup_cards(db_url: str, sim_url: str, count: int) -> tuple[list, str]:
+    from ledger.db import create_engine
+    from ledger.secretbox import SecretBox
+    from ledger.stores import upsert_store
+    from lnurl_gateway.registry import CardRegistry
+
+    admin = {"Authorization": "token bench"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sim_url}/api/v1/stores", json={"name": "b"}, headers=admin) as r:
+            store_id = (await r.json())["id"]
+        body = {"name": "cards", "amount": "1000", "currency": "BTC", "autoApproveClaims": True}
+        url = f"{sim_url}/api/v1/stores/{store_id}/pull-payments"
+        async with http.post(url, json=body, headers=admin) as r:
+            pp_id = (await r.json())["id"]
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await upsert_store(conn, store_id, btcpay_url=sim_url)
+        registry = CardRegistry(
+            engine,
+            SecretBox.from_text(MASTER_KEY),
+            lnurlw_base="lnurlw://127.0.0.1/boltcard",
+            default_tx_limit_sats=10**9,
+            default_day_limit_sats=10**12,
+        )
+        cards = []
+        for i in range(count):
+            uid = "04" + f"{i:012x}"
+            added = await registry.add_card(store_id, pull_payment_id=pp_id, uid=uid)
+            cards.append((uid, added["programmer"]))
+    finally:
+        await engine.dispose()
+    return cards, pp_id
+
+
+class Taps:
+    """Pre-made tap URLs: each card's counter rises by one per tap."""
+
+    def __init__(self, cards: list) -> None:
+        from lnurl_gateway.boltcard import make_tap
+
+        self._make = make_tap
+        self.cards = cards
+        self.counters = [0] * len(cards)
+        self.turn = 0
+
+    def make(self, n: int) -> list[str]:
+        urls = []
+        for _ in range(n):
+            i = self.turn % len(self.cards)
+            self.turn += 1
+            self.counters[i] += 1
+            uid, prog = self.cards[i]
+            p, c = self._make(
+                bytes.fromhex(prog["k1"]),
+                bytes.fromhex(prog["k2"]),
+                bytes.fromhex(uid),
+                self.counters[i],
+            )
+            urls.append("/boltcard?" + urlencode({"p": p, "c": c}))
+        return urls
+
+
+async def _closed_loop(http, bases, paths, concurrency) -> tuple[float, list[float], int]:  # type: ignore[no-untyped-def]
+    """Fire ``paths`` with ``concurrency`` in flight; (seconds, latencies ms, refusals)."""
+    queue = list(reversed(paths))
+    latencies: list[float] = []
+    refused = 0
+
+    async def worker(w: int) -> None:
+        nonlocal refused
+        while queue:
+            path = queue.pop()
+            t0 = time.perf_counter()
+            async with http.get(bases[w % len(bases)] + path) as resp:
+                body = await resp.json()
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if body.get("status") == "ERROR":
+                refused += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return time.perf_counter() - start, latencies, refused
+
+
+async def _open_loop(http, bases, paths, rate) -> tuple[list[float], int]:  # type: ignore[no-untyped-def]
+    """Send ``paths`` at a fixed ``rate`` (requests/s) whatever the answers; latencies in ms."""
+    latencies: list[float] = []
+    refused = 0
+
+    async def one(i: int, path: str) -> None:
+        nonlocal refused
+        t0 = time.perf_counter()
+        async with http.get(bases[i % len(bases)] + path) as resp:
+            body = await resp.json()
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if body.get("status") == "ERROR":
+            refused += 1
+
+    tasks = []
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, path)))
+    await asyncio.gather(*tasks)
+    return latencies, refused
+
+
+async def _flows(http, bases, taps: list[str], invoices: list[str], concurrency: int):  # type: ignore[no-untyped-def]
+    queue = list(reversed(list(zip(taps, invoices, strict=True))))
+    ok = 0
+
+    async def worker(w: int) -> None:
+        nonlocal ok
+        base = bases[w % len(bases)]
+        while queue:
+            tap, pr = queue.pop()
+            async with http.get(base + tap) as resp:
+                request = await resp.json()
+            if request.get("tag") != "withdrawRequest":
+                continue
+            query = urlencode({"k1": request["k1"], "pr": pr})
+            async with http.get(f"{base}/boltcard/callback?{query}") as resp:
+                if (await resp.json()).get("status") == "OK":
+                    ok += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return time.perf_counter() - start, ok
+
+
+async def _sql_baseline(conninfo: str, n: int, concurrency: int) -> float:
+    """The tap step's statements through psycopg, on cards of their own; returns steps/s."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute("INSERT INTO stores (id, name, card_tracking, created_at, updated_at)"
+                           " VALUES ('sqlbase', '', true, now(), now())")  # fmt: skip
+        for i in range(concurrency):
+            await conn.execute(
+                "INSERT INTO boltcards (id, store_id, origin, uid_hash, k1_fingerprint, "
+                "key_version, last_counter, enabled, created_at, updated_at) VALUES "
+                "(%s, 'sqlbase', 'imported', %s, 'fp', 1, -1, true, now(), now())",
+                (f"sqlbase{i}", f"uh{i}"),
+            )
+    per_worker = n // concurrency
+    today = datetime.now(UTC).date()
+
+    async def worker(i: int) -> None:
+        async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+            for counter in range(per_worker):
+                now = datetime.now(UTC)
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT b.*, s.card_tracking, s.btcpay_url FROM boltcards b JOIN stores s"
+                        " ON s.id = b.store_id WHERE b.uid_hash = %s AND b.k1_fingerprint = 'fp'",
+                        (f"uh{i}",),
+                    )
+                    await conn.execute(
+                        "UPDATE boltcards SET last_counter = %s, last_used_at = %s WHERE id = %s"
+                        " AND last_counter < %s RETURNING id",
+                        (counter, now, f"sqlbase{i}", counter),
+                    )
+                    await conn.execute(
+                        "SELECT reserved_msat FROM card_day_spend WHERE card_id = %s AND day = %s",
+                        (f"sqlbase{i}", today),
+                    )
+                    await conn.execute(
+                        "INSERT INTO card_taps (store_id, card_id, uid, counter, source, outcome,"
+                        " k1_hash, k1_expires_at, max_withdrawable_msat, created_at, updated_at)"
+                        " VALUES ('sqlbase', %s, 'u', %s, 'gateway', 'accepted', %s, %s, 1, %s,"
+                        " %s) RETURNING id",
+                        (
+                            f"sqlbase{i}",
+                            counter,
+                            hashlib.sha256(secrets.token_bytes(32)).hexdigest(),
+                            now + timedelta(minutes=5),
+                            now,
+                            now,
+                        ),
+                    )
+                    await conn.execute(
+                        "INSERT INTO counters (store_id, name, label, value) VALUES"
+                        " ('sqlbase', 'taps', 'accepted', 1) ON CONFLICT (store_id, name, label)"
+                        " DO UPDATE SET value = counters.value + excluded.value"
+                    )
+                    await conn.execute(
+                        "INSERT INTO card_rollups (card_id, day, store_id, payouts, amount_sats,"
+                        " taps, refused_taps, first_used_at, last_used_at) VALUES"
+                        " (%s, %s, 'sqlbase', 0, 0, 1, 0, %s, %s) ON CONFLICT (card_id, day) DO"
+                        " UPDATE SET taps = card_rollups.taps + excluded.taps,"
+                        " last_used_at = excluded.last_used_at",
+                        (f"sqlbase{i}", today, now, now),
+                    )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return per_worker * concurrency / (time.perf_counter() - start)
+
+
+async def _sim_claims(http, sim_url: str, pp_id: str, invoices: list[str], concurrency: int):  # type: ignore[no-untyped-def]
+    queue = list(invoices)
+
+    async def worker() -> None:
+        while queue:
+            pr = queue.pop()
+            url = f"{sim_url}/api/v1/pull-payments/{pp_id}/payouts"
+            async with http.post(url, json={"destination": pr, "payoutMethodId": "BTC-LN"}) as r:
+                await r.read()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(invoices) / (time.perf_counter() - start)
+
+
+async def run(options: BenchOptions) -> list[Result]:
+    from ledger import migrate
+    from lnurl_gateway.invoices import encode_invoice
+
+    quick = options.quick
+    n_taps = 1000 if quick else 6000
+    n_flows = 200 if quick else 1500
+    n_cards = 64 if quick else 256
+    name = f"flash_bench_{uuid.uuid4().hex[:10]}"
+    admin = _admin(options.postgres_url)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = (
+        make_url(options.postgres_url)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+    conninfo = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    procs: list[subprocess.Popen] = []
+    results: list[Result] = []
+    size = f"{PROCESSES} procs"
+    try:
+        migrate.upgrade(db_url)
+        sim, sim_url = _spawn(["-m", "bench.gateway", "sim"])
+        procs.append(sim)
+        cards, pp_id = await _setup_cards(db_url, sim_url, n_cards)
+        bases = []
+        for _ in range(PROCESSES):
+            proc, url = _spawn(
+                ["-m", "bench.gateway", "serve", db_url], {"FLASH_MASTER_KEY": MASTER_KEY}
+            )
+            procs.append(proc)
+            bases.append(url)
+        taps = Taps(cards)
+        rng = random.Random(1)
+        invoices = [
+            encode_invoice(rng.randint(1, 500) * 1000, network="bcrt") for _ in range(n_flows * 2)
+        ]
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await _closed_loop(http, bases, taps.make(200), CONCURRENCY)  # warm up
+
+            seconds, latencies, refused = await _closed_loop(
+                http, bases, taps.make(n_taps), CONCURRENCY
+            )
+            peak = n_taps / seconds
+            # The gateways hold at most 16 connections each: the baseline gets as many.
+            baseline = await _sql_baseline(conninfo, n_taps, 16)
+            results.append(
+                Result(
+                    SUITE,
+                    "tap steps, closed loop",
+                    "taps/s",
+                    peak,
+                    size=size,
+                    baseline="tap SQL via psycopg",
+                    baseline_value=baseline,
+                    goal=">= 1000 taps/s",
+                    met=peak >= 1000,
+                    notes=f"{CONCURRENCY} in flight; {refused} refused",
+                )
+            )
+            closed = percentiles(latencies)
+            results.append(
+                Result(SUITE, "tap step p50, closed loop", "ms", closed["p50"], size=size)
+            )
+
+            half = peak / 2
+            count = min(n_taps, max(500, int(half * 5)))
+            latencies, refused = await _open_loop(http, bases, taps.make(count), half)
+            open_p = percentiles(latencies)
+            results.append(
+                Result(
+                    SUITE, "tap step p50 at half peak", "ms", open_p["p50"], size=f"{half:.0f}/s"
+                )
+            )
+            results.append(
+                Result(
+                    SUITE,
+                    "tap step p99 at half peak",
+                    "ms",
+                    open_p["p99"],
+                    size=f"{half:.0f}/s",
+                    goal="< 20 ms",
+                    met=open_p["p99"] < 20,
+                    notes=f"{refused} refused",
+                )
+            )
+
+            claims_rate = await _sim_claims(http, sim_url, pp_id, invoices[n_flows:], CONCURRENCY)
+            seconds, ok = await _flows(
+                http, bases, taps.make(n_flows), invoices[:n_flows], CONCURRENCY
+            )
+            flows = ok / seconds
+            results.append(
+                Result(
+                    SUITE,
+                    "complete tap + callback flows",
+                    "flows/s",
+                    flows,
+                    size=size,
+                    baseline="claims posted straight to the simulator",
+                    baseline_value=claims_rate,
+                    goal=">= 300 flows/s",
+                    met=flows >= 300,
+                    notes=f"{ok} of {n_flows} paid",
+                )
+            )
+    finally:
+        _stop(procs)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return results
+
+
+# --- the processes the benchmark drives ---------------------------------------------------------
+
+
+async def _serve_gateway(db_url: str) -> None:
+    from aiohttp import web
+
+    from ledger.db import create_engine
+    from ledger.secretbox import SecretBox
+    from lnurl_gateway.app import GatewayConfig, create_app
+
+    engine = create_engine(db_url, pool_size=8)
+    box = SecretBox.from_text(os.environ["FLASH_MASTER_KEY"])
+    config = GatewayConfig(
+        public_url="http://127.0.0.1",
+        network="regtest",
+        default_tx_limit_sats=10**9,
+        default_day_limit_sats=10**12,
+    )
+    await _listen(web.AppRunner(create_app(engine, box, config), access_log=None))
+    await engine.dispose()
+
+
+async def _serve_sim() -> None:
+    from aiohttp import web
+
+    from btcpay_sim import SimConfig, create_app
+
+    await _listen(web.AppRunner(create_app(SimConfig(auto_progress=False)), access_log=None))
+
+
+async def _listen(runner) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(f"listening http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        asyncio.run(_serve_gateway(sys.argv[2]))
+    elif sys.argv[1:2] == ["sim"]:
+        asyncio.run(_serve_sim())
+    else:
+        found = asyncio.run(run(BenchOptions(quick="--quick" in sys.argv)))
+        print_results(found)
+        if "--quick" not in sys.argv:
+            save(SUITE, found)
