@@ -247,3 +247,25 @@ async def tap_store(conn: AsyncConnection, tap_id: int) -> str | None:
     return (
         await conn.execute(select(taps_t.c.store_id).where(taps_t.c.id == tap_id))
     ).scalar_one_or_none()
+
+
+async def set_btcpay_issuer(
+    conn: AsyncConnection,
+    store_id: str,
+    *,
+    issuer_key_sealed: str | None,
+    k1_sealed: str | None,
+    now: datetime | None = None,
+) -> bool:
+    """Replace a store's BTCPay issuer configuration: the whole key, or only K1 (the other is
+    cleared, so an old key cannot outlive the one configured now). False: no such store."""
+    result = await conn.execute(
+        update(stores_t)
+        .where(stores_t.c.id == store_id)
+        .values(
+            btcpay_issuer_key_sealed=issuer_key_sealed,
+            btcpay_issuer_k1_sealed=k1_sealed,
+            updated_at=now or utcnow(),
+        )
+    )
+    return result.rowcount == 1

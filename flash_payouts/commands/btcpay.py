@@ -29,6 +29,7 @@ from lnurl_gateway.webhooks import PAYOUT_EVENTS, WEBHOOK_PATH
 from ..runtime import open_ledger, secret_box
 from ..settings import load
 from . import CommandError
+from .btcpay_issuer import register_issuer
 
 WHY = {
     CAN_VIEW_PAYOUTS: "to read payouts",
@@ -76,6 +77,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     )
     sync.add_argument("--store", metavar="STORE_ID", help="only this store")
     sync.set_defaults(handler=_sync)
+
+    register_issuer(actions, parents)
 
 
 async def _connect(args: argparse.Namespace) -> int:
