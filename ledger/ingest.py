@@ -7,14 +7,17 @@ restarts, and an event is in the queue exactly when it is in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .rollups import dialect_insert
 from .schema import Payout, PayoutEvent, Store, SyncState
@@ -23,6 +26,8 @@ events_t = PayoutEvent.__table__
 payouts_t = Payout.__table__
 stores_t = Store.__table__
 sync_t = SyncState.__table__
+
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -230,3 +235,36 @@ async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dic
     columns = [payouts_t.c.id, *(payouts_t.c[name] for name in _KNOWN_COLUMNS)]
     rows = (await conn.execute(select(*columns).where(payouts_t.c.id.in_(list(payout_ids))))).all()
     return {row[0]: KnownPayout(*row[1:]) for row in rows}
+
+
+# --- transactions that may meet a deadlock ------------------------------------------------------
+
+# PostgreSQL: deadlock_detected, serialization_failure. Rollup and counter rows are shared by
+# every writer, so two transactions that each write several payouts can lock them in opposite
+# orders; the server aborts one, and running it again is the cure.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(orig or "")  # SQLite past its busy timeout
+
+
+async def in_transaction(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    attempts: int = 5,
+) -> T:
+    """Run ``work`` in one transaction, again from the start if the database aborted it."""
+    for attempt in range(attempts):
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            if attempt + 1 >= attempts or not is_retryable(exc):
+                raise
+        await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")

@@ -19,27 +19,26 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db import readonly
 from ledger.ingest import (
+    KnownPayout,
     PendingEvent,
     SyncTarget,
     complete_events,
+    in_transaction,
+    known_payouts,
     note_enrich_failure,
     pending_events,
 )
-from ledger.payouts import upsert_payout
+from ledger.payouts import PayoutRecord, upsert_payout
 
 from .btcpay_stores import StoreClients
-from .greenfield import (
-    GreenfieldAuthError,
-    GreenfieldError,
-    GreenfieldNotFound,
-    GreenfieldUnavailable,
-)
-from .payout_shape import PayoutShapeError, normalise_payout
+from .greenfield import GreenfieldAuthError, GreenfieldError, GreenfieldUnavailable
+from .payout_shape import PayoutShapeError, decoder_knowing, normalise_payout
 
 log = logging.getLogger("lnurl_gateway.enrich")
 
@@ -68,6 +67,7 @@ class Enricher:
     poll_interval: float = 5.0  # catches events queued by other replicas
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    write_lock: asyncio.Lock | None = None  # shared with the reconciler (see reconcile.py)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _backoff: dict[str, _Backoff] = field(default_factory=dict, repr=False)
 
@@ -97,66 +97,78 @@ class Enricher:
             groups: dict[tuple[str, str], list[PendingEvent]] = defaultdict(list)
             for event in events:
                 groups[(event.store_id, event.payout_id)].append(event)
-            await self._enrich_groups(groups, targets, stats)
+            await self._enrich_batch(list(groups.values()), targets, stats)
 
-    async def _enrich_groups(
+    async def _enrich_batch(
         self,
-        groups: dict[tuple[str, str], list[PendingEvent]],
+        groups: list[list[PendingEvent]],
         targets: dict[str, SyncTarget],
         stats: EnrichStats,
     ) -> None:
+        """Fetch every group's payout concurrently, then write them all in one transaction."""
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def one(key: tuple[str, str], group: list[PendingEvent]) -> None:
+        async def fetch(group: list[PendingEvent]) -> dict[str, Any] | None:
             async with limit:
-                await self._enrich(targets.get(key[0]), key[1], group, stats)
+                return await self._fetch(targets.get(group[0].store_id), group, stats)
 
-        await asyncio.gather(*(one(k, g) for k, g in groups.items()))
+        fetched = await asyncio.gather(*(fetch(g) for g in groups))
+        done = [(g, data) for g, data in zip(groups, fetched, strict=True) if data is not None]
+        failed = [e.id for g, data in zip(groups, fetched, strict=True) if data is None for e in g]
+        payout_ids = [g[0].payout_id for g, _ in done]
+        async with readonly(self.engine).connect() as conn:
+            known = await known_payouts(conn, payout_ids)
+        # Reading new invoices is CPU work: a thread keeps the webhook receiver answering.
+        shaped = await asyncio.to_thread(_shape, done, known)
 
-    async def _enrich(
-        self,
-        target: SyncTarget | None,
-        payout_id: str,
-        group: list[PendingEvent],
-        stats: EnrichStats,
-    ) -> None:
-        ids = [e.id for e in group]
-        store_id = group[0].store_id
+        async def write(conn: AsyncConnection) -> tuple[int, int]:
+            enriched = dropped = 0
+            for group, record in shaped:
+                ids = [e.id for e in group]
+                if record is None:
+                    dropped += await complete_events(conn, ids)
+                    continue
+                latest = max(group, key=lambda e: e.id)
+                await upsert_payout(
+                    conn, record, source="webhook", event_type=latest.event_type, event_id=latest.id
+                )
+                enriched += await complete_events(conn, ids)
+            await note_enrich_failure(conn, failed)
+            return enriched, dropped
+
+        async with self.write_lock or contextlib.nullcontext():
+            enriched, dropped = await in_transaction(self.engine, write)
+        stats.enriched += enriched
+        stats.dropped += dropped
+
+    async def _fetch(
+        self, target: SyncTarget | None, group: list[PendingEvent], stats: EnrichStats
+    ) -> dict[str, Any] | None:
+        """The payout as BTCPay has it now; ``{}`` when there is nothing to fetch ever; None
+        when BTCPay should be asked again later."""
+        store_id, payout_id = group[0].store_id, group[0].payout_id
         if target is None:
-            stats.deferred += len(ids)
+            stats.deferred += len(group)
             self._fail(store_id, "store has no BTCPay URL or API key")
-            return
+            return None
         backoff = self._backoff.get(store_id)
         if backoff is not None and backoff.until > time.monotonic():
-            stats.deferred += len(ids)
-            return
+            stats.deferred += len(group)
+            return None
         try:
             stats.fetches += 1
             data = await self.clients.client_for(target).get_payout(store_id, payout_id)
-            record = normalise_payout(data, store_id)
         except (GreenfieldUnavailable, GreenfieldAuthError) as exc:
-            stats.deferred += len(ids)
+            stats.deferred += len(group)
             self._fail(store_id, exc.message)
-            async with self.engine.begin() as conn:
-                await note_enrich_failure(conn, ids)
-            return
-        except (GreenfieldNotFound, PayoutShapeError, GreenfieldError) as exc:
-            # Nothing a retry would change: keep the event rows, take them off the queue.
+            return None
+        except GreenfieldError as exc:
+            # Not found, or refused as invalid: nothing a retry would change. The event rows
+            # stay; they leave the queue.
             log.warning("store %s payout %s: not enriched: %s", store_id, payout_id, exc)
-            async with self.engine.begin() as conn:
-                stats.dropped += await complete_events(conn, ids)
-            return
+            return {}
         self._backoff.pop(store_id, None)
-        latest = max(group, key=lambda e: e.id)
-        async with self.engine.begin() as conn:
-            await upsert_payout(
-                conn,
-                record,
-                source="webhook",
-                event_type=latest.event_type,
-                event_id=latest.id,
-            )
-            stats.enriched += await complete_events(conn, ids)
+        return data if isinstance(data, dict) else {}
 
     def _fail(self, store_id: str, reason: str) -> None:
         backoff = self._backoff.setdefault(store_id, _Backoff())
@@ -188,3 +200,19 @@ class Enricher:
             waits = [self.poll_interval, *self.backing_off().values()]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, min(waits)))
+
+
+def _shape(
+    done: list[tuple[list[PendingEvent], dict[str, Any]]], known: dict[str, KnownPayout]
+) -> list[tuple[list[PendingEvent], PayoutRecord | None]]:
+    decode = decoder_knowing(known)
+    shaped: list[tuple[list[PendingEvent], PayoutRecord | None]] = []
+    for group, data in done:
+        record = None
+        if data:
+            try:
+                record = normalise_payout(data, group[0].store_id, decode=decode)
+            except PayoutShapeError as exc:
+                log.warning("store %s: payout not enriched: %s", group[0].store_id, exc)
+        shaped.append((group, record))
+    return shaped

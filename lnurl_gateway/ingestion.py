@@ -34,8 +34,11 @@ def setup_ingestion(
     btcpay_timeout: float,
 ) -> None:
     clients = StoreClients(engine, box, timeout=btcpay_timeout)
-    enricher = Enricher(engine, clients)
-    reconciler = PeriodicReconciler(engine, clients, reconcile_interval)
+    # One writer at a time in this process: batched writes of the two workers would otherwise
+    # deadlock each other on the shared rollup rows (other processes are met by retries).
+    write_lock = asyncio.Lock()
+    enricher = Enricher(engine, clients, write_lock=write_lock)
+    reconciler = PeriodicReconciler(engine, clients, reconcile_interval, write_lock=write_lock)
     app[ENRICHER] = enricher
     app[RECONCILER] = reconciler
     add_webhook_route(app, WebhookReceiver(engine, box, on_queued=enricher.wake))

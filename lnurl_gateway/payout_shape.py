@@ -9,11 +9,13 @@ read from the invoice itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ledger.ingest import KnownPayout
 from ledger.payouts import PayoutRecord
 from ledger.status import BTCPAY_STATES
 
@@ -33,7 +35,8 @@ _METHOD_ALIASES = {
 }
 _SATS_PER_BTC = Decimal(100_000_000)
 
-Decoder = Callable[[str], DecodedInvoice]
+# Anything with ``payment_hash`` and ``amount_msat``: a DecodedInvoice or a KnownInvoice.
+Decoder = Callable[[str], Any]
 
 
 class PayoutShapeError(ValueError):
@@ -177,3 +180,31 @@ def _when(value: Any, payout_id: str) -> datetime:
     except (ValueError, OverflowError, OSError):
         pass
     raise PayoutShapeError(f"payout {payout_id} has no usable date")
+
+
+@dataclass(frozen=True)
+class KnownInvoice:
+    """What the ledger already read from a destination: enough to skip decoding it again."""
+
+    payment_hash: str
+    amount_msat: int | None
+
+
+def decoder_knowing(known: Mapping[str, KnownPayout]) -> Decoder:
+    """``decode_invoice``, except for destinations the ledger holds with their payment hash.
+
+    Decoding a BOLT11 costs milliseconds; a routine reconcile sees the same destinations again
+    and again, and their payment hash and amount cannot have changed.
+    """
+    by_destination = {
+        row.destination: row for row in known.values() if row.destination and row.payment_hash
+    }
+
+    def decode(destination: str) -> DecodedInvoice | KnownInvoice:
+        row = by_destination.get(destination)
+        if row is not None and row.payment_hash:
+            msat = row.amount_sats * 1000 if row.amount_sats is not None else None
+            return KnownInvoice(row.payment_hash, msat)
+        return decode_invoice(destination)
+
+    return decode

@@ -20,16 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db import readonly
-from ledger.ingest import KnownPayout, known_payouts, sync_failed, sync_started, sync_succeeded
+from ledger.ingest import (
+    KnownPayout,
+    in_transaction,
+    known_payouts,
+    sync_failed,
+    sync_started,
+    sync_succeeded,
+)
 from ledger.payouts import PayoutRecord, upsert_payout
 
 from .btcpay_stores import StoreClients
 from .greenfield import GreenfieldClient, GreenfieldError
-from .invoices import DecodedInvoice, decode_invoice
-from .payout_shape import PayoutShapeError, normalise_payout
+from .payout_shape import PayoutShapeError, decoder_knowing, normalise_payout
 
 log = logging.getLogger("lnurl_gateway.reconcile")
 
@@ -52,12 +58,6 @@ class ReconcileResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass(frozen=True)
-class _KnownInvoice:
-    payment_hash: str
-    amount_msat: int | None
 
 
 # Compared to decide whether BTCPay's payout differs from the ledger's row at all.
@@ -91,8 +91,13 @@ async def reconcile_store(
     *,
     page_size: int = PAGE_SIZE,
     progress: Progress | None = None,
+    write_lock: asyncio.Lock | None = None,
 ) -> ReconcileResult:
-    """One full pass over a store's payouts. Failures are recorded in ``sync_state``."""
+    """One full pass over a store's payouts. Failures are recorded in ``sync_state``.
+
+    ``write_lock``, shared with the enrichment worker, keeps this process's multi-payout
+    transactions from deadlocking each other on the shared rollup rows.
+    """
     result = ReconcileResult(store_id)
     started = time.perf_counter()
     async with engine.begin() as conn:
@@ -107,12 +112,12 @@ async def reconcile_store(
         async for item in client.iter_payouts(store_id, True, progress=on_bytes):
             page.append(item)
             if len(page) >= page_size:
-                await _apply_page(engine, store_id, page, result)
+                await _apply_page(engine, store_id, page, result, write_lock)
                 page = []
                 if progress is not None:
                     progress(store_id, result.seen, received[0], received[1])
         if page:
-            await _apply_page(engine, store_id, page, result)
+            await _apply_page(engine, store_id, page, result, write_lock)
         if progress is not None:
             progress(store_id, result.seen, received[0], received[1])
     except GreenfieldError as exc:
@@ -143,41 +148,49 @@ async def reconcile_store(
 
 
 async def _apply_page(
-    engine: AsyncEngine, store_id: str, page: list[dict[str, Any]], result: ReconcileResult
+    engine: AsyncEngine,
+    store_id: str,
+    page: list[dict[str, Any]],
+    result: ReconcileResult,
+    write_lock: asyncio.Lock | None,
 ) -> None:
     ids = [p["id"] for p in page if isinstance(p.get("id"), str)]
     async with readonly(engine).connect() as conn:
         known = await known_payouts(conn, ids)
-
-    by_destination: dict[str, KnownPayout] = {
-        row.destination: row for row in known.values() if row.destination and row.payment_hash
-    }
-
-    def decode(destination: str) -> DecodedInvoice | _KnownInvoice:
-        row = by_destination.get(destination)
-        if row is not None and row.payment_hash:
-            msat = row.amount_sats * 1000 if row.amount_sats is not None else None
-            return _KnownInvoice(row.payment_hash, msat)
-        return decode_invoice(destination)
-
-    changes: list[PayoutRecord] = []
-    for data in page:
-        result.seen += 1
-        try:
-            record = normalise_payout(data, store_id, decode=decode)  # type: ignore[arg-type]
-        except PayoutShapeError as exc:
-            result.skipped += 1
-            log.warning("store %s: payout skipped: %s", store_id, exc)
-            continue
-        if _differs(record, known.get(record.id)):
-            changes.append(record)
+    # Decoding new invoices is CPU work: a thread keeps the event loop (and webhooks) moving.
+    records, skipped = await asyncio.to_thread(_normalise_page, page, store_id, known)
+    result.seen += len(page)
+    result.skipped += skipped
+    changes = [r for r in records if _differs(r, known.get(r.id))]
     if not changes:
         return
-    async with engine.begin() as conn:
+
+    async def write(conn: AsyncConnection) -> tuple[int, int]:
+        changed = created = 0
         for record in changes:
             outcome = await upsert_payout(conn, record, source="reconcile")
-            result.changed += outcome.changed
-            result.created += outcome.created
+            changed += outcome.changed
+            created += outcome.created
+        return changed, created
+
+    async with write_lock or contextlib.nullcontext():
+        changed, created = await in_transaction(engine, write)
+    result.changed += changed
+    result.created += created
+
+
+def _normalise_page(
+    page: list[dict[str, Any]], store_id: str, known: dict[str, KnownPayout]
+) -> tuple[list[PayoutRecord], int]:
+    decode = decoder_knowing(known)
+    records, skipped = [], 0
+    for data in page:
+        try:
+            records.append(normalise_payout(data, store_id, decode=decode))
+        except PayoutShapeError as exc:
+            skipped += 1
+            log.warning("store %s: payout skipped: %s", store_id, exc)
+    return records, skipped
 
 
 async def reconcile_all(
@@ -186,12 +199,17 @@ async def reconcile_all(
     store_id: str | None = None,
     *,
     progress: Progress | None = None,
+    write_lock: asyncio.Lock | None = None,
 ) -> list[ReconcileResult]:
     """Reconcile one connected store or all of them, one after the other."""
     results = []
     for target in await clients.targets(store_id):
         client = clients.client_for(target)
-        results.append(await reconcile_store(engine, client, target.id, progress=progress))
+        results.append(
+            await reconcile_store(
+                engine, client, target.id, progress=progress, write_lock=write_lock
+            )
+        )
     return results
 
 
@@ -203,6 +221,7 @@ class PeriodicReconciler:
     clients: StoreClients
     interval: float
     first_delay: float = 2.0
+    write_lock: asyncio.Lock | None = None
     _now: asyncio.Event | None = None
 
     def trigger(self) -> None:
@@ -218,7 +237,7 @@ class PeriodicReconciler:
                 await asyncio.wait_for(self._now.wait(), delay)
             self._now.clear()
             try:
-                await reconcile_all(self.engine, self.clients)
+                await reconcile_all(self.engine, self.clients, write_lock=self.write_lock)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive a ledger hiccup; the next pass retries
