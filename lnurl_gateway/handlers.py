@@ -28,6 +28,7 @@ from ledger.payouts import CardLink, upsert_payout
 from ledger.secretbox import SecretBox
 
 from .boltcard import C_LEN, P_LEN, BadParam, parse_hex_param, verify_c
+from .btcpay_proxy import handle_unmanaged_tap, proxy_configured
 from .greenfield import (
     GreenfieldClient,
     GreenfieldError,
@@ -185,6 +186,22 @@ class BoltcardGateway:
             "maxWithdrawable": max_msat,
             "defaultDescription": self.settings.default_description,
         }
+
+    async def manages(self, p_hex: str | None) -> bool:
+        """Whether a tap is for a card this gateway manages; others may be BTCPay's own cards.
+
+        A malformed p counts as ours, to be refused here with its reason.
+        """
+        try:
+            p = parse_hex_param(p_hex or "", P_LEN, "p")
+        except BadParam:
+            return True
+        candidates = await self._candidates(p)
+        if not candidates:
+            return False
+        lookup = [(uid_hash(self.box, picc.uid), fp) for fp, picc in candidates]
+        async with self.engine.connect() as conn:
+            return await ledger_cards.find_tap_card(conn, lookup) is not None
 
     async def _candidates(self, p: bytes) -> list:
         found = self.ring.candidates(p)
@@ -412,6 +429,8 @@ def _json(body: dict[str, Any], status: int = 200) -> web.Response:
 async def tap_handler(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     query = request.rel_url.query
+    if proxy_configured(request.app) and not await gateway.manages(query.get("p")):
+        return await handle_unmanaged_tap(request, query.get("p") or "", query.get("c") or "")
     answer = await gateway.tap(
         query.get("p"),
         query.get("c"),
