@@ -68,6 +68,7 @@ async def test_erasure_removes_personal_data_and_keeps_every_aggregate(engine, a
 
     after, counters_after = await snapshot()
     assert counters_after == counters_before
+
     def without_aliases(stats):
         return {**stats, "topCards": [{**c, "alias": None} for c in stats["topCards"]]}
 
