@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -21,7 +24,7 @@ from ledger.schema import Payout, PayoutEvent
 from ledger.secretbox import SecretBox
 from ledger.stores import upsert_store
 from lnurl_gateway.btcpay_stores import StoreClients, seal_api_key, seal_webhook_secret
-from lnurl_gateway.greenfield import GreenfieldClient
+from lnurl_gateway.greenfield import GreenfieldClient, GreenfieldError
 from lnurl_gateway.ingestion import RECONCILER, setup_ingestion
 from lnurl_gateway.reconcile import reconcile_all, reconcile_store
 from lnurl_gateway.webhooks import WEBHOOK_PATH
@@ -61,6 +64,46 @@ async def sim() -> AsyncIterator[Sim]:
     finally:
         await simulator.api.close()
         await running.close()
+
+
+@pytest.fixture
+async def sim_process() -> AsyncIterator[Sim]:
+    """The simulator in a process of its own, as BTCPay would be: the load test's webhooks
+    then do not share an event loop with the receiver they are testing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "btcpay_sim",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--no-auto-progress",
+            "--redelivery-scale",
+            "0.001",
+            "--seed",
+            "5",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    simulator = Sim(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await simulator.api.health()
+                break
+            except GreenfieldError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                await asyncio.sleep(0.1)
+        yield simulator
+    finally:
+        await simulator.api.close()
+        proc.terminate()
+        proc.wait(10)
 
 
 async def connect(engine: AsyncEngine, box: SecretBox, url: str, store_id: str) -> None:
@@ -248,10 +291,10 @@ def _payout(index: int) -> dict[str, Any]:
 
 @pytest.mark.postgres
 async def test_lossy_webhooks_then_one_reconcile_leave_the_ledger_equal_to_btcpay(
-    pg_engine: AsyncEngine, box: SecretBox, sim: Sim
+    pg_engine: AsyncEngine, box: SecretBox, sim_process: Sim
 ) -> None:
     """Acceptance: 10,000 payouts, webhooks 20% duplicated, 20% reordered, 10% dropped."""
-    engine = pg_engine
+    engine, sim = pg_engine, sim_process
     store_id = await sim.new_store()
     await connect(engine, box, sim.url, store_id)
     app = web.Application()
