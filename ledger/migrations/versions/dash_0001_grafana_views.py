@@ -148,15 +148,16 @@ def _grant_reader() -> None:
         raise ValueError("FLASH_GRAFANA_DB_PASSWORD must not contain $flash$")
     literal = "'" + password.replace("'", "''") + "'"
     # Created if missing, atomically: two databases migrating at once on one server both see
-    # the role afterwards, and neither fails on the other's CREATE.
+    # the role afterwards, and neither fails on the other's CREATE. The role is made read-only
+    # in the same block, by its creator only: a second ALTER ROLE racing it on another
+    # database would fail with "tuple concurrently updated".
     op.execute(
         f"DO $flash$ BEGIN "
         f"CREATE ROLE {ROLE} LOGIN PASSWORD {literal}; "
+        f"ALTER ROLE {ROLE} SET default_transaction_read_only = on; "
         f"EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; "
         f"END $flash$"
     )
-    # Read-only even if someone later grants it more by mistake.
-    op.execute(f"ALTER ROLE {ROLE} SET default_transaction_read_only = on")
     op.execute(
         "DO $flash$ BEGIN "
         f"EXECUTE format('GRANT CONNECT ON DATABASE %I TO {ROLE}', current_database()); "
