@@ -7,12 +7,13 @@ from aiohttp import web
 from api.app import create_app
 from api.context import ApiConfig
 
+from .. import instrumentation
 from ..serve import Context
 
 
 async def build(ctx: Context) -> web.Application:
     s = ctx.settings
-    return create_app(
+    app = create_app(
         ctx.engine,
         ApiConfig(
             rate=s.api_rate,
@@ -21,3 +22,4 @@ async def build(ctx: Context) -> web.Application:
             default_btcpay_url=s.btcpay_url or None,
         ),
     )
+    return instrumentation.instrument(app, "api")
