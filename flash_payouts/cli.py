@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(exc, "code", 2) if isinstance(exc, CommandError) else 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _log_level(args: argparse.Namespace) -> int:
