@@ -240,6 +240,11 @@ async def run(options: BenchOptions) -> list[Result]:
         finally:
             with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        print(
+            f"  scrape p50 {m['scrape']['p50']:.1f} ms (SQL {m['baseline']['p50']:.1f} ms), "
+            f"p99 {m['scrape']['p99']:.1f} ms, {m['series']} series",
+            flush=True,
+        )
         series_seen.append(m["series"])
         common = {
             "suite": SUITE,
