@@ -259,7 +259,8 @@ class BtcpayProxy:
         reading = await self.read(p)
         upstream = await self._upstream(reading.issuer if reading else None)
         if upstream is None:
-            await self._record(request, reading, BTCPAY_ERROR, "no BTCPay Server to forward to")
+            outcome = BTCPAY_ERROR if reading is not None else UNIDENTIFIED
+            await self._record(request, reading, outcome, "no BTCPay Server to forward to")
             return lnurl_error("This card is not known here")
         query = request.query_string or f"p={p_hex}&c={c_hex}"
         target = URL(upstream + "/boltcard?" + query, encoded=True)
