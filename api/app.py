@@ -32,7 +32,8 @@ from .ratelimit import RateLimiter, retry_after
 log = logging.getLogger("api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC = {PREFIX + "/openapi.json"}
+# The health answer is added by the process that runs the listener; it holds no data.
+PUBLIC = {PREFIX + "/openapi.json", "/health"}
 
 
 @web.middleware
