@@ -192,6 +192,14 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative_int,
         metavar="N",
     ),
+    Option(
+        "grafana_db_password",
+        "",
+        "Password given to Grafana's read-only PostgreSQL role when `migrate` creates it "
+        "(default flash_grafana: change it outside a local trial).",
+        secret=True,
+        metavar="PASSWORD",
+    ),
     Option("log_level", "info", "Log level: debug, info, warning, error.", metavar="LEVEL"),
 )
 
@@ -220,6 +228,7 @@ class Settings:
     metrics_top_cards: int = 20
     api_rate: float = 20.0
     api_burst: int = 60
+    grafana_db_password: str = field(default="", repr=False)
     log_level: str = "info"
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -30,6 +31,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 def _migrate(args: argparse.Namespace) -> int:
     settings = load(args)
     where = describe_url(settings.database_url)
+    if settings.grafana_db_password:
+        # The migration that creates Grafana's reader role reads its password from here.
+        os.environ["FLASH_GRAFANA_DB_PASSWORD"] = settings.grafana_db_password
     try:
         if args.downgrade:
             migrate.downgrade(settings.database_url, args.revision)
