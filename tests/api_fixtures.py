@@ -7,16 +7,23 @@ payout written is also returned as a plain record, so tests compute their expect
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from conftest import create_postgres_database, drop_postgres_database
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from api.context import ApiConfig
+from ledger import migrate
+from ledger.db import create_engine
 from ledger.payouts import CardLink, PayoutRecord, upsert_payout
 from ledger.rollups import bump_card_rollup
 from ledger.schema import Boltcard, CardTap
@@ -185,3 +192,44 @@ async def seed(engine: AsyncEngine, n_a: int = 60, n_b: int = 15) -> Seed:
 async def api_client(aiohttp_client, engine: AsyncEngine, **config):  # type: ignore[no-untyped-def]
     config.setdefault("rate", 0)
     return await aiohttp_client(create_app(engine, ApiConfig(**config)))
+
+
+def shared_ledger(
+    kind: str, tmp_path_factory, fill: Callable[[AsyncEngine], Awaitable[Seed]]
+) -> Iterator[tuple[str, Seed]]:  # type: ignore[no-untyped-def]
+    """A migrated ledger filled once by ``fill`` and read by many tests: (its URL, the seed).
+
+    For module-scoped fixtures of tests that only read. The filling runs in a thread of its own
+    with its own event loop and engine, so it never touches the loops the tests run on; each test
+    then opens its own engine on the URL.
+    """
+    if kind == "sqlite":
+        url, name = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}", None
+    else:
+        url, name = create_postgres_database()
+    try:
+        migrate.upgrade(url)
+
+        async def run() -> Seed:
+            engine = create_engine(url)
+            try:
+                return await fill(engine)
+            finally:
+                await engine.dispose()
+
+        with ThreadPoolExecutor(1) as pool:
+            seeded = pool.submit(asyncio.run, run()).result()
+        yield url, seeded
+    finally:
+        if name is not None:
+            drop_postgres_database(name)
+
+
+@asynccontextmanager
+async def client_on(aiohttp_client, url: str, **config) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    """An API client on its own engine over an existing ledger, disposed afterwards."""
+    engine = create_engine(url)
+    try:
+        yield engine, await api_client(aiohttp_client, engine, **config)
+    finally:
+        await engine.dispose()

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from api_fixtures import BASE, STORE_A, STORE_B, Written, api_client, seed
+from api_fixtures import BASE, STORE_A, STORE_B, Written, client_on, seed, shared_ledger
 
 URL = "/plugins/flash/api/payouts"
 
@@ -83,10 +83,17 @@ async def walk(client, headers, params: dict, limit: int = 7) -> tuple[list[str]
     raise AssertionError("paging never ended")
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger(request, tmp_path_factory):
+    """One seeded ledger per database for the whole module: every test here only reads."""
+    yield from shared_ledger(request.param, tmp_path_factory, seed)
+
+
 @pytest.fixture
-async def world(engine, aiohttp_client):
-    s = await seed(engine)
-    return s, await api_client(aiohttp_client, engine)
+async def world(ledger, aiohttp_client):
+    url, s = ledger
+    async with client_on(aiohttp_client, url) as (_, client):
+        yield s, client
 
 
 @pytest.mark.parametrize("sort", ["createdAt", "amount", "status"])
