@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from api_fixtures import STORE_A, STORE_B, api_client, seed
+from api_fixtures import STORE_A, STORE_B, api_client, client_on, seed, shared_ledger
 
 from btcpay_sim.app import create_app as create_sim
 from btcpay_sim.config import SimConfig
@@ -34,10 +34,21 @@ def store_b_reads(s) -> list[str]:
     ]
 
 
+async def two_stores(engine):
+    return await seed(engine, n_a=8, n_b=8)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger(request, tmp_path_factory):
+    """One seeded ledger per database for the refusals, which must leave it as it was."""
+    yield from shared_ledger(request.param, tmp_path_factory, two_stores)
+
+
 @pytest.fixture
-async def world(engine, aiohttp_client):
-    s = await seed(engine, n_a=8, n_b=8)
-    return s, await api_client(aiohttp_client, engine)
+async def world(ledger, aiohttp_client):
+    url, s = ledger
+    async with client_on(aiohttp_client, url) as (_, client):
+        yield s, client
 
 
 async def test_a_viewer_of_store_a_gets_403_on_every_read_of_store_b(world):
@@ -93,8 +104,9 @@ async def test_missing_or_unknown_credentials_get_401(world, header):
         assert (await r.json())["code"] == "unauthorized"
 
 
-async def test_a_revoked_token_gets_401(engine, world):
-    _s, client = world
+async def test_a_revoked_token_gets_401(engine, aiohttp_client):
+    await two_stores(engine)
+    client = await api_client(aiohttp_client, engine)
     async with engine.begin() as conn:
         info, token = await create_token(conn, STORE_A, "viewer")
     h = {"Authorization": f"Bearer {token}"}

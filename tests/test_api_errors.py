@@ -6,7 +6,7 @@ import base64
 import json
 
 import pytest
-from api_fixtures import api_client, seed
+from api_fixtures import client_on, seed, shared_ledger
 
 P = "/plugins/flash/api"
 
@@ -46,10 +46,21 @@ BAD = [
 ]
 
 
+async def small_seed(engine):
+    return await seed(engine, n_a=3, n_b=1)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger(request, tmp_path_factory):
+    """One small ledger per database for the module: bad requests change nothing."""
+    yield from shared_ledger(request.param, tmp_path_factory, small_seed)
+
+
 @pytest.fixture
-async def world(engine, aiohttp_client):
-    s = await seed(engine, n_a=3, n_b=1)
-    return s, await api_client(aiohttp_client, engine)
+async def world(ledger, aiohttp_client):
+    url, s = ledger
+    async with client_on(aiohttp_client, url) as (_, client):
+        yield s, client
 
 
 async def test_bad_parameter_is_400_naming_it(world):

@@ -8,18 +8,38 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from api_fixtures import BASE, STORE_A, add_card, api_client, seed, write_payout
+from api_fixtures import (
+    BASE,
+    STORE_A,
+    add_card,
+    api_client,
+    client_on,
+    seed,
+    shared_ledger,
+    write_payout,
+)
 
 from api.export import csv_cell
 
 P = "/plugins/flash/api"
 
 
+async def export_seed(engine):
+    return await seed(engine, n_a=30, n_b=5)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger(request, tmp_path_factory):
+    """One seeded ledger per database for the module's exports, which only read."""
+    yield from shared_ledger(request.param, tmp_path_factory, export_seed)
+
+
 @pytest.fixture
-async def world(engine, aiohttp_client):
-    s = await seed(engine, n_a=30, n_b=5)
+async def world(ledger, aiohttp_client):
+    url, s = ledger
     # A small batch makes the export cross many keyset batches.
-    return s, await api_client(aiohttp_client, engine, export_batch=4)
+    async with client_on(aiohttp_client, url, export_batch=4) as (_, client):
+        yield s, client
 
 
 async def test_payout_export_has_every_filtered_row_in_csv_and_json(world):

@@ -6,13 +6,35 @@ from collections import Counter, defaultdict
 from datetime import timedelta
 
 import pytest
-from api_fixtures import BASE, STORE_A, add_tap, api_client, seed
+from api_fixtures import BASE, STORE_A, add_tap, api_client, client_on, seed, shared_ledger
 
 P = "/plugins/flash/api"
 
 
+async def seed_with_taps(engine):
+    """The seed, and one accepted and one refused tap of carda1 on the fourth day."""
+    s = await seed(engine)
+    await add_tap(engine, "carda1", STORE_A, BASE + timedelta(days=3))
+    await add_tap(engine, "carda1", STORE_A, BASE + timedelta(days=3), outcome="replay")
+    return s
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger(request, tmp_path_factory):
+    """One seeded ledger per database for the module's read-only tests."""
+    yield from shared_ledger(request.param, tmp_path_factory, seed_with_taps)
+
+
 @pytest.fixture
-async def world(engine, aiohttp_client):
+async def world(ledger, aiohttp_client):
+    url, s = ledger
+    async with client_on(aiohttp_client, url) as (_, client):
+        yield s, client
+
+
+@pytest.fixture
+async def own_world(engine, aiohttp_client):
+    """A ledger of the test's own, for the tests that change it."""
     s = await seed(engine)
     return s, await api_client(aiohttp_client, engine)
 
@@ -86,10 +108,8 @@ async def test_stats_default_to_the_last_30_days(world):
 @pytest.mark.parametrize(
     ("sort", "order"), [("totalAmount", "desc"), ("totalPayouts", "asc"), ("lastUsed", "desc")]
 )
-async def test_usage_per_card_sorted_and_paged(world, engine, sort, order):
+async def test_usage_per_card_sorted_and_paged(world, sort, order):
     s, client = world
-    await add_tap(engine, "carda1", STORE_A, BASE + timedelta(days=3))
-    await add_tap(engine, "carda1", STORE_A, BASE + timedelta(days=3), outcome="replay")
     rows = [p for p in s.of(STORE_A) if p.card_id and p.created_at >= BASE + timedelta(days=2)]
     want: dict[str, dict] = {}
     for p in rows:
@@ -123,8 +143,8 @@ async def test_usage_per_card_sorted_and_paged(world, engine, sort, order):
     assert (carda1["taps"], carda1["refusedTaps"]) == (2, 1)
 
 
-async def test_manager_changes_card_and_tracking(world):
-    s, client = world
+async def test_manager_changes_card_and_tracking(own_world):
+    s, client = own_world
     h = s.auth("A-manager")
     r = await client.patch(
         f"{P}/boltcards/carda1",
