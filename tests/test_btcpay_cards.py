@@ -153,7 +153,7 @@ class SlowAnswers:
         pr = request.query.get("pr")
         if pr and self.hold and status == 200:
             payment_hash = _decode(pr).payment_hash
-            await asyncio.wait_for(self.ingester.wait_for(payment_hash), 60)
+            await asyncio.wait_for(self.ingester.wait_for(payment_hash), 80)
         return web.Response(status=status, body=body, content_type=content_type)
 
 
@@ -347,7 +347,8 @@ async def k1_harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def pg_harness(pg_engine: AsyncEngine) -> AsyncIterator[Harness]:
-    async for h in _harness(pg_engine):
+    # SlowAnswers holds BTCPay's answer until ingestion catches up: allow for a loaded machine.
+    async for h in _harness(pg_engine, callback_timeout=90):
         yield h
 
 
