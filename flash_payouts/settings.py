@@ -42,6 +42,15 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _network(value: str) -> str:
     if value not in NETWORKS:
         raise ValueError(f"must be one of {', '.join(NETWORKS)}")
@@ -128,6 +137,21 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds to wait for BTCPay on any one call.",
         _positive_float,
         metavar="SECONDS",
+    ),
+    Option(
+        "btcpay_card_proxy",
+        False,
+        "Stand in front of BTCPay's /boltcard: taps of cards the gateway does not manage are "
+        "recorded, linked to their payouts and forwarded to BTCPay (true/false).",
+        _flag,
+        metavar="BOOL",
+    ),
+    Option(
+        "btcpay_boltcard_url",
+        "",
+        "BTCPay base URL that such taps are forwarded to (default: each store's BTCPay URL); "
+        "it must not route back to the gateway.",
+        metavar="URL",
     ),
     Option(
         "reconcile_interval",
@@ -219,6 +243,8 @@ class Settings:
     btcpay_url: str = ""
     btcpay_api_key: str = field(default="", repr=False)
     btcpay_timeout: float = 10.0
+    btcpay_card_proxy: bool = False
+    btcpay_boltcard_url: str = ""
     reconcile_interval: float = 300.0
     k1_ttl: float = 300.0
     network: str = "bitcoin"

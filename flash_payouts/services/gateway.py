@@ -1,11 +1,12 @@
-"""The gateway listener as `serve` runs it: Boltcard taps and callbacks, BTCPay webhooks,
-the enrichment worker and the periodic reconciler."""
+"""The gateway listener as `serve` runs it: Boltcard taps and callbacks (and, when asked,
+those of cards BTCPay issued), BTCPay webhooks, the enrichment worker and the reconciler."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from lnurl_gateway.app import GatewayConfig, setup_boltcard
+from lnurl_gateway.btcpay_proxy import BtcpayProxyConfig, setup_btcpay_proxy
 from lnurl_gateway.ingestion import setup_ingestion
 
 from .. import instrumentation
@@ -29,6 +30,17 @@ async def build(ctx: Context) -> web.Application:
     assert ctx.box is not None, "the gateway needs the master key"
     app = web.Application()
     setup_boltcard(app, engine=ctx.engine, box=ctx.box, config=config_from(ctx))
+    if ctx.settings.btcpay_card_proxy:
+        setup_btcpay_proxy(
+            app,
+            engine=ctx.engine,
+            box=ctx.box,
+            config=BtcpayProxyConfig(
+                public_url=ctx.settings.gateway_base_url,
+                upstream_url=ctx.settings.btcpay_boltcard_url or None,
+                callback_ttl=ctx.settings.k1_ttl,
+            ),
+        )
     setup_ingestion(
         app,
         engine=ctx.engine,
