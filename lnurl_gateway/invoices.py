@@ -7,11 +7,14 @@ results and exceptions into the few facts and one error type the gateway relies 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import time
 from dataclasses import dataclass
 
 import bolt11
+from bitstring import BitArray
+from bolt11 import bit_utils
 from bolt11.exceptions import Bolt11Exception
 from bolt11.models.tags import TagChar, Tags
 
@@ -25,6 +28,25 @@ _NETWORK_NAMES = {prefix: name for name, prefix in NETWORK_PREFIXES.items()}
 DEFAULT_EXPIRY = 3600
 DEFAULT_MIN_FINAL_CLTV = 18
 _MAX_INVOICE_LEN = 7089  # BOLT11 readers may cap the length; this is lnd's limit
+
+
+def u5_to_bitarray(groups: list[int]) -> BitArray:
+    """The bits of bech32's 5-bit groups, as ``bolt11.bit_utils.u5_to_bitarray`` returns them.
+
+    bolt11 2.2.0 appends the groups one ``bitstring.pack`` call at a time, which is about 90%
+    of a decode (3 ms an invoice). Building the same BitArray from one integer gives the
+    identical value about ten times faster; everything else stays the library's own decoding
+    and signature check.
+    """
+    value = 0
+    for group in groups:
+        value = (value << 5) | group
+    return BitArray(uint=value, length=5 * len(groups)) if groups else BitArray()
+
+
+_bolt11_decoder = importlib.import_module("bolt11.decode")
+if _bolt11_decoder.u5_to_bitarray is bit_utils.u5_to_bitarray:
+    _bolt11_decoder.u5_to_bitarray = u5_to_bitarray
 
 
 class InvoiceError(ValueError):

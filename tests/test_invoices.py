@@ -274,3 +274,13 @@ def test_a_mistyped_character_is_rejected(position, replacement):
 
     with pytest.raises(InvoiceError, match="checksum"):
         decode_invoice(mistyped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=31), max_size=700))
+def test_fast_bit_conversion_equals_the_libraries_own(groups):
+    from bolt11 import bit_utils
+
+    from lnurl_gateway.invoices import u5_to_bitarray
+
+    assert u5_to_bitarray(groups) == bit_utils.u5_to_bitarray(groups)
