@@ -274,3 +274,123 @@ async def finish_tap(
 async def get_tap(conn: AsyncConnection, tap_id: int) -> dict | None:
     row = (await conn.execute(select(taps_t).where(taps_t.c.id == tap_id))).mappings().one_or_none()
     return dict(row) if row is not None else None
+
+
+# --- the tap step in one statement (PostgreSQL) ------------------------------------------------
+
+# Advance the counter, read what is left of the day, write the tap row, its card rollup and the
+# ``taps`` counter: one statement, so one round trip and one implicit transaction. The counter
+# check stays the conditional UPDATE at its head; the key version, enabled and wiped conditions
+# make it refuse whenever the caller's cached view of the card is stale, and the caller then
+# takes the step by step path, which finds and records the precise reason.
+_TAP_SQL = """
+WITH adv AS (
+    UPDATE boltcards AS b
+       SET last_counter = %(counter)s,
+           first_used_at = COALESCE(b.first_used_at, %(now)s),
+           last_used_at = %(now)s
+      FROM stores AS s
+     WHERE b.id = %(card_id)s AND s.id = b.store_id
+       AND b.last_counter < %(counter)s AND b.key_version = %(key_version)s
+       AND b.enabled AND b.wiped_at IS NULL
+ RETURNING b.id, b.store_id, s.card_tracking, b.tx_limit_sats, b.day_limit_sats
+), lim AS (
+    SELECT adv.id, adv.store_id, adv.card_tracking,
+           GREATEST(0, LEAST(COALESCE(adv.tx_limit_sats, %(default_tx_sats)s) * 1000,
+                             COALESCE(adv.day_limit_sats, %(default_day_sats)s) * 1000
+                             - COALESCE(d.reserved_msat, 0))) AS max_msat
+      FROM adv
+      LEFT JOIN card_day_spend AS d ON d.card_id = adv.id AND d.day = %(day)s
+), tap AS (
+    INSERT INTO card_taps (store_id, card_id, uid, counter, source, outcome, reason, k1_hash,
+                           k1_expires_at, max_withdrawable_msat, remote_addr, user_agent,
+                           created_at, updated_at)
+    SELECT lim.store_id, lim.id, CASE WHEN lim.card_tracking THEN %(uid)s END, %(counter)s,
+           'gateway',
+           CASE WHEN lim.max_msat >= %(min_msat)s THEN 'accepted' ELSE 'limit' END,
+           CASE WHEN lim.max_msat >= %(min_msat)s THEN NULL ELSE %(limit_reason)s END,
+           CASE WHEN lim.max_msat >= %(min_msat)s THEN %(k1_hash)s END,
+           CASE WHEN lim.max_msat >= %(min_msat)s THEN %(k1_expires_at)s END,
+           CASE WHEN lim.max_msat >= %(min_msat)s THEN lim.max_msat END,
+           %(remote_addr)s, %(user_agent)s, %(now)s, %(now)s
+      FROM lim
+ RETURNING id, store_id, card_id, outcome, max_withdrawable_msat
+), roll AS (
+    INSERT INTO card_rollups (card_id, day, store_id, payouts, amount_sats, taps, refused_taps,
+                              first_used_at, last_used_at)
+    SELECT tap.card_id, %(day)s, tap.store_id, 0, 0, 1,
+           CASE WHEN tap.outcome = 'accepted' THEN 0 ELSE 1 END, %(now)s, %(now)s
+      FROM tap JOIN lim ON lim.id = tap.card_id
+     WHERE lim.card_tracking
+    ON CONFLICT (card_id, day) DO UPDATE SET
+           taps = card_rollups.taps + excluded.taps,
+           refused_taps = card_rollups.refused_taps + excluded.refused_taps,
+           first_used_at = LEAST(COALESCE(card_rollups.first_used_at, excluded.first_used_at),
+                                 excluded.first_used_at),
+           last_used_at = GREATEST(COALESCE(card_rollups.last_used_at, excluded.last_used_at),
+                                   excluded.last_used_at)
+), cnt AS (
+    INSERT INTO counters (store_id, name, label, value)
+    SELECT tap.store_id, 'taps', tap.outcome, 1 FROM tap
+    ON CONFLICT (store_id, name, label) DO UPDATE SET value = counters.value + excluded.value
+)
+SELECT id, outcome, max_withdrawable_msat FROM tap
+"""
+
+
+@dataclass(frozen=True)
+class TapStep:
+    """What the one-statement tap step wrote: the tap row and its outcome."""
+
+    tap_id: int
+    outcome: str  # ACCEPTED, or "limit" when nothing is left of the day
+    max_withdrawable_msat: int | None
+
+
+async def tap_step(
+    conn: AsyncConnection,
+    *,
+    card_id: str,
+    key_version: int,
+    counter: int,
+    uid: str,
+    k1_hash: str,
+    k1_expires_at: datetime,
+    min_msat: int,
+    default_tx_limit_sats: int,
+    default_day_limit_sats: int,
+    limit_reason: str,
+    remote_addr: str | None,
+    user_agent: str | None,
+    now: datetime,
+) -> TapStep | None:
+    """The whole tap step for a card whose keys the caller already checked, on PostgreSQL.
+
+    None when the counter did not advance: a replay, or the card changed (disabled, wiped,
+    re-keyed) since the caller looked; nothing was written then.
+    """
+    row = (
+        await conn.exec_driver_sql(
+            _TAP_SQL,
+            {
+                "card_id": card_id,
+                "key_version": key_version,
+                "counter": counter,
+                "uid": uid,
+                "k1_hash": k1_hash,
+                "k1_expires_at": k1_expires_at,
+                "min_msat": min_msat,
+                "default_tx_sats": default_tx_limit_sats,
+                "default_day_sats": default_day_limit_sats,
+                "limit_reason": limit_reason,
+                "remote_addr": (remote_addr or None) and remote_addr[:64],
+                "user_agent": (user_agent or None) and user_agent[:300],
+                "day": now.date(),
+                "now": now,
+            },
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    max_msat = row[2]
+    return TapStep(int(row[0]), row[1], int(max_msat) if max_msat is not None else None)

@@ -15,7 +15,7 @@ import logging
 import secrets
 import string
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,6 +112,11 @@ class BoltcardGateway:
         self.ring = ring
         self.client_for = client_for
         self._ring_lock = asyncio.Lock()
+        # What a tap's card looks like once its MAC key has been opened (see _KnownCard).
+        self._known: dict[tuple[str, bytes], _KnownCard] = {}
+        # On PostgreSQL the tap step is one statement in its own implicit transaction.
+        self._one_statement = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def __repr__(self) -> str:
         return f"BoltcardGateway(callback_url={self.settings.callback_url!r})"
@@ -133,6 +138,10 @@ class BoltcardGateway:
             return await self._refuse(
                 BAD_P, "p is not a Boltcard message under any key this gateway knows", **seen
             )
+        if self._one_statement:
+            answer = await self._tap_known_card(candidates, c, seen)
+            if answer is not None:
+                return answer
         lookup = [(uid_hash(self.box, picc.uid), fp) for fp, picc in candidates]
         now = datetime.now(UTC)
         # One transaction from the lookup to the tap row: the fewest round trips per tap.
@@ -160,14 +169,14 @@ class BoltcardGateway:
             keys = open_keys(self.box, card)
             if keys.k2 is None or not verify_c(c, keys.k2, picc.uid, picc.counter):
                 return await self._refuse(BAD_MAC, "c is not this card's MAC (bad MAC)", **who)
+            self._remember(card, picc, keys.k2)
             if not await ledger_cards.advance_counter(conn, card.id, picc.counter, now=now):
                 reason = f"replayed tap: counter {picc.counter} was already used"
                 return await self._refuse(REPLAY, reason, **who)
             max_msat = self._max_withdrawable_msat(card, found.reserved_msat)
             min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
             if max_msat < min_msat:
-                reason = "card limit reached: nothing left to withdraw today"
-                return await self._refuse(LIMIT, reason, **who)
+                return await self._refuse(LIMIT, _LIMIT_REASON, **who)
             k1 = secrets.token_hex(_K1_LEN)
             who.pop("conn")
             await ledger_taps.record_tap(
@@ -178,6 +187,9 @@ class BoltcardGateway:
                 max_withdrawable_msat=max_msat,
                 **who,
             )
+        return self._withdraw_request(k1, min_msat, max_msat)
+
+    def _withdraw_request(self, k1: str, min_msat: int, max_msat: int) -> dict[str, Any]:
         return {
             "tag": "withdrawRequest",
             "callback": self.settings.callback_url,
@@ -186,6 +198,56 @@ class BoltcardGateway:
             "maxWithdrawable": max_msat,
             "defaultDescription": self.settings.default_description,
         }
+
+    def _remember(self, card: ledger_cards.CardRow, picc: Any, k2: bytes) -> None:
+        if len(self._known) >= _KNOWN_CARDS:
+            self._known.clear()
+        fingerprint = card.k1_fingerprint or ""
+        self._known[(fingerprint, picc.uid)] = _KnownCard(card.id, card.key_version, k2)
+
+    async def _tap_known_card(
+        self, candidates: list, c: bytes, seen: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The tap of a card seen before, in one statement; None sends it the long way.
+
+        Only the card's identity and MAC key are cached (they change only with a new key
+        version, which the statement checks); the counter, enabled, wiped, limits, the day's
+        reservations and the store's tracking choice are all read by the statement itself.
+        """
+        for fingerprint, picc in candidates:
+            known = self._known.get((fingerprint, picc.uid))
+            if known is not None:
+                break
+        else:
+            return None
+        if not verify_c(c, known.k2, picc.uid, picc.counter):
+            return None  # the long way records the bad MAC with the card's row
+        now = datetime.now(UTC)
+        k1 = secrets.token_hex(_K1_LEN)
+        min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
+        async with self._autocommit.connect() as conn:
+            step = await ledger_taps.tap_step(
+                conn,
+                card_id=known.card_id,
+                key_version=known.key_version,
+                counter=picc.counter,
+                uid=picc.uid_hex,
+                k1_hash=k1_hash(k1),
+                k1_expires_at=now + timedelta(seconds=self.settings.k1_ttl),
+                min_msat=min_msat,
+                default_tx_limit_sats=self.settings.default_tx_limit_sats,
+                default_day_limit_sats=self.settings.default_day_limit_sats,
+                limit_reason=_LIMIT_REASON,
+                remote_addr=seen["remote_addr"],
+                user_agent=seen["user_agent"],
+                now=now,
+            )
+        if step is None:
+            return None
+        if step.outcome != ACCEPTED:
+            return lud03_error(_LIMIT_REASON)
+        assert step.max_withdrawable_msat is not None
+        return self._withdraw_request(k1, min_msat, step.max_withdrawable_msat)
 
     async def manages(self, p_hex: str | None) -> bool:
         """Whether a tap is for a card this gateway manages; others may be BTCPay's own cards.
@@ -199,6 +261,8 @@ class BoltcardGateway:
         candidates = await self._candidates(p)
         if not candidates:
             return False
+        if any((fp, picc.uid) in self._known for fp, picc in candidates):
+            return True
         lookup = [(uid_hash(self.box, picc.uid), fp) for fp, picc in candidates]
         async with self.engine.connect() as conn:
             return await ledger_cards.find_tap_card(conn, lookup) is not None
@@ -383,6 +447,19 @@ class BoltcardGateway:
                 conn, held.tap_id, store_id=held.store_id, outcome=outcome, reason=reason
             )
         return lud03_error(reason)
+
+
+_LIMIT_REASON = "card limit reached: nothing left to withdraw today"
+_KNOWN_CARDS = 100_000  # cards whose keys a process keeps open; past that it starts over
+
+
+@dataclass(frozen=True)
+class _KnownCard:
+    """A card's identity and MAC key as of one key version (never its counter or state)."""
+
+    card_id: str
+    key_version: int
+    k2: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
