@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import secrets
 import sys
 import time
 from typing import TextIO
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from ledger.ingest import count_pending_events, sync_state
-from ledger.secretbox import SecretBox
-from ledger.stores import get_store, list_stores, upsert_store
-from lnurl_gateway.btcpay_stores import StoreClients, seal_api_key, seal_webhook_secret
+from ledger.stores import list_stores
+from lnurl_gateway.btcpay_stores import StoreClients
 from lnurl_gateway.greenfield import (
     CAN_MODIFY_WEBHOOKS,
     CAN_VIEW_PAYOUTS,
     GreenfieldAuthError,
-    GreenfieldClient,
     GreenfieldError,
     GreenfieldNotFound,
 )
 from lnurl_gateway.reconcile import reconcile_all
-from lnurl_gateway.webhooks import PAYOUT_EVENTS, WEBHOOK_PATH
+from lnurl_gateway.webhooks import WEBHOOK_PATH
 
+from ..connect import connect_store
 from ..runtime import open_ledger, secret_box
 from ..settings import load
 from . import CommandError
@@ -94,69 +89,33 @@ async def _connect(args: argparse.Namespace) -> int:
     webhook_url = args.webhook_url or settings.gateway_base_url + WEBHOOK_PATH
     engine = await open_ledger(settings)
     try:
-        async with GreenfieldClient(
-            settings.btcpay_url, settings.btcpay_api_key, timeout=settings.btcpay_timeout
-        ) as client:
-            try:
-                name, webhook_id, secret = await _register(
-                    client, engine, box, store_id, webhook_url
-                )
-            except GreenfieldAuthError as exc:
-                if exc.status == 401:
-                    raise CommandError(
-                        f"BTCPay at {settings.btcpay_url} does not accept this API key"
-                    ) from None
-                raise CommandError(_missing_message(exc.missing_permission, store_id)) from None
-            except GreenfieldNotFound:
-                raise CommandError(f"BTCPay has no store {store_id!r}") from None
-            except GreenfieldError as exc:
-                raise CommandError(exc.message) from None
-        async with engine.begin() as conn:
-            await upsert_store(
-                conn,
-                store_id,
-                name=name,
-                btcpay_url=settings.btcpay_url.rstrip("/"),
-                api_key_sealed=seal_api_key(box, store_id, settings.btcpay_api_key),
-                webhook_id=webhook_id,
-                webhook_secret_sealed=seal_webhook_secret(box, store_id, secret),
-            )
+        connected = await connect_store(
+            engine,
+            box,
+            store_id=store_id,
+            btcpay_url=settings.btcpay_url,
+            api_key=settings.btcpay_api_key,
+            webhook_url=webhook_url,
+            timeout=settings.btcpay_timeout,
+        )
+    except GreenfieldAuthError as exc:
+        if exc.status == 401:
+            raise CommandError(
+                f"BTCPay at {settings.btcpay_url} does not accept this API key"
+            ) from None
+        raise CommandError(_missing_message(exc.missing_permission, store_id)) from None
+    except GreenfieldNotFound:
+        raise CommandError(f"BTCPay has no store {store_id!r}") from None
+    except GreenfieldError as exc:
+        raise CommandError(exc.message) from None
     finally:
         await engine.dispose()
+    name, webhook_id = connected.name, connected.webhook_id
     print(
         f"connected store {store_id}{f' ({name})' if name else ''} at {settings.btcpay_url}: "
         f"webhook {webhook_id} -> {webhook_url}"
     )
     return 0
-
-
-async def _register(
-    client: GreenfieldClient, engine: AsyncEngine, box: SecretBox, store_id: str, webhook_url: str
-) -> tuple[str, str, str]:
-    """Check the key, record the new secret, register the webhook; returns (name, id, secret)."""
-    info = await client.current_api_key()
-    missing = info.missing(store_id)
-    if missing:
-        raise GreenfieldAuthError("missing permission", status=403, missing_permission=missing[0])
-    name = ""
-    with contextlib.suppress(GreenfieldAuthError):
-        # The store's name needs canviewstoresettings, which connecting does not.
-        name = str((await client.get_store(store_id)).get("name") or "")
-    secret = secrets.token_urlsafe(32)
-    # Sealed before the webhook exists, so BTCPay's first delivery finds it.
-    async with engine.begin() as conn:
-        previous = await get_store(conn, store_id)
-        await upsert_store(
-            conn, store_id, webhook_secret_sealed=seal_webhook_secret(box, store_id, secret)
-        )
-    webhook = await client.create_webhook(
-        store_id, webhook_url, secret, events=sorted(PAYOUT_EVENTS)
-    )
-    if previous is not None and previous.webhook_id and previous.webhook_id != webhook["id"]:
-        # A second connect replaces the webhook; leaving the old one would double every event.
-        with contextlib.suppress(GreenfieldError):
-            await client.delete_webhook(store_id, previous.webhook_id)
-    return name, str(webhook["id"]), secret
 
 
 def _missing_message(permission: str | None, store_id: str) -> str:
