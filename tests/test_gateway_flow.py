@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from btcpay_sim import SimConfig, start
-from ledger.schema import Boltcard, CardDaySpend, CardTap, Counter, Payout
+from ledger.schema import Boltcard, CardDaySpend, CardRollup, CardTap, Counter, Payout
 from ledger.secretbox import SecretBox
 from ledger.stores import set_card_tracking, upsert_store
 from lnurl_gateway.app import REGISTRY, GatewayConfig, create_app
@@ -484,6 +484,45 @@ async def test_day_limit_shrinks_max_withdrawable_and_then_refuses_taps(gw: Setu
     third = await gw.tap(*tap_of(prog, "04112233445566", 3))
     assert third["status"] == "ERROR"
     assert third["reason"].startswith("card limit reached")
+
+
+async def test_repeat_taps_of_a_card_write_the_same_rows_as_its_first(gw: Setup) -> None:
+    # The first tap finds the card the long way; later ones (one statement on PostgreSQL) must
+    # leave the same facts: tap rows, counter, rollups, the store's choice on tracking.
+    added = await issue_card(gw, tx_limit_sats=4000, day_limit_sats=6000)
+    prog = added["programmer"]
+    answers = [await gw.tap(*tap_of(prog, "04112233445566", n)) for n in (1, 2)]
+    assert [a["maxWithdrawable"] for a in answers] == [4_000_000, 4_000_000]
+    assert await gw.callback(answers[1]["k1"], invoice(4000)) == {"status": "OK"}
+    async with gw.engine.begin() as conn:
+        await set_card_tracking(conn, gw.store_id, False)
+    untracked = await gw.tap(*tap_of(prog, "04112233445566", 3))
+    assert untracked["maxWithdrawable"] == 2_000_000
+    async with gw.engine.begin() as conn:
+        await set_card_tracking(conn, gw.store_id, True)
+    await gw.registry.set_limits(added["card"]["id"], day_limit_sats=4000)
+    limited = await gw.tap(*tap_of(prog, "04112233445566", 4))
+    assert limited["reason"].startswith("card limit reached")
+
+    taps = await gw.rows(select(CardTap.__table__).order_by(CardTap.id))
+    assert [(t["counter"], t["uid"], t["outcome"]) for t in taps] == [
+        (1, "04112233445566", "accepted"),
+        (2, "04112233445566", "paid"),
+        (3, None, "accepted"),
+        (4, "04112233445566", "limit"),
+    ]
+    assert all(t["card_id"] == added["card"]["id"] for t in taps)
+    assert all(t["store_id"] == gw.store_id for t in taps)
+    assert [t["k1_hash"] is not None for t in taps] == [True, True, True, False]
+    assert taps[3]["reason"].startswith("card limit reached")
+    assert await gw.scalar(select(Boltcard.last_counter)) == 4
+    counted = await gw.rows(
+        select(Counter.label, Counter.value).where(Counter.name == "taps").order_by(Counter.label)
+    )
+    assert {r["label"]: int(r["value"]) for r in counted} == {"accepted": 3, "limit": 1}
+    # The opted-out tap is kept out of the card's rollup.
+    rollup = (await gw.rows(select(CardRollup.taps, CardRollup.refused_taps)))[0]
+    assert (rollup["taps"], rollup["refused_taps"]) == (3, 1)
 
 
 # --- privacy ------------------------------------------------------------------------------------
