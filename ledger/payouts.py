@@ -9,19 +9,20 @@ The rules that make BTCPay's unreliable delivery converge:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .rollups import (
     COMPLETION_BUCKETS,
+    RollupDeltas,
     bump_card_rollup,
     bump_counter,
-    bump_payout_rollup,
     dialect_insert,
 )
 from .schema import Boltcard, CardTap, Payout, PayoutEvent
@@ -134,6 +135,19 @@ async def lock_payment_hash(conn: AsyncConnection, payment_hash: str | None) -> 
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
+async def lock_payment_hashes(conn: AsyncConnection, hashes: Iterable[str | None]) -> None:
+    """``lock_payment_hash`` for many hashes in one statement, in ascending key order (the
+    order every batch uses, so two batches cannot each hold a lock the other waits for)."""
+    if conn.dialect.name != "postgresql":
+        return
+    keys = sorted({zlib.crc32(h.encode()) - 2**31 for h in hashes if h})
+    if keys:
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": keys},
+        )
+
+
 async def record_event(
     conn: AsyncConnection,
     *,
@@ -196,6 +210,7 @@ async def upsert_payout(
     audit row is written (or, with ``event_id``, the webhook's own row is completed).
     """
     now = now or utcnow()
+    deltas = RollupDeltas()
     await lock_payment_hash(conn, record.payment_hash)
     values = record.columns()
     inserted = (
@@ -215,18 +230,7 @@ async def upsert_payout(
 
     if inserted is not None:
         result = UpsertResult(record.id, True, True, None, record.status)
-        await _count_payout(conn, record, +1)
-        await bump_counter(conn, record.store_id, "payouts_created")
-        await bump_counter(conn, record.store_id, "sats_created", by=record.amount_sats or 0)
-        if record.original_currency and record.original_amount is not None:
-            await bump_counter(
-                conn,
-                record.store_id,
-                "original_amount_created",
-                record.original_currency,
-                by=record.original_amount,
-            )
-        await _count_transition(conn, record, None, record.created_at, now)
+        _count_created(deltas, record, now)
     else:
         current = (
             (
@@ -238,35 +242,11 @@ async def upsert_payout(
             .one()
         )
         result = UpsertResult(record.id, False, False, current["status"], current["status"])
-        newer = record.revision > current["revision"]
-        same = record.revision == current["revision"]
-        differs = any(_differs(current[c], values[c]) for c in _COMPARED)
-        if newer or (same and differs):
-            old = _as_record(current)
-            await _count_payout(conn, old, -1)
-            await _count_payout(conn, record, +1)
-            completed_at = current["completed_at"]
-            if record.status == COMPLETED and completed_at is None:
-                completed_at = now
+        update_values = _update_values(deltas, current, record, now)
+        if update_values is not None:
             await conn.execute(
-                update(payouts_t)
-                .where(payouts_t.c.id == record.id)
-                .values(
-                    **{k: v for k, v in values.items() if k != "store_id"},
-                    created_at=current["created_at"],
-                    completed_at=completed_at,
-                    updated_at=now,
-                )
+                update(payouts_t).where(payouts_t.c.id == record.id).values(**update_values)
             )
-            if current["status"] != record.status:
-                await _count_transition(
-                    conn,
-                    record,
-                    current["status"],
-                    current["created_at"],
-                    now,
-                    already_completed=current["completed_at"] is not None,
-                )
             result.changed = True
             result.status = record.status
 
@@ -294,7 +274,260 @@ async def upsert_payout(
         result.linked = await link_payout_to_card(conn, record.id, card, now=now)
     elif result.created and record.payment_hash:
         result.linked = await _link_from_tap(conn, record.id, record.payment_hash, now=now)
+    await deltas.apply(conn)
     return result
+
+
+def _update_values(
+    deltas: RollupDeltas, current: Any, record: PayoutRecord, now: datetime
+) -> dict[str, Any] | None:
+    """The columns to write over the ledger's ``current`` row, counting the change in
+    ``deltas``; None when BTCPay's view is older or the same."""
+    values = record.columns()
+    newer = record.revision > current["revision"]
+    same = record.revision == current["revision"]
+    if not (newer or (same and any(_differs(current[c], values[c]) for c in _COMPARED))):
+        return None
+    _count_payout(deltas, _as_record(current), -1)
+    _count_payout(deltas, record, +1)
+    completed_at = current["completed_at"]
+    if record.status == COMPLETED and completed_at is None:
+        completed_at = now
+    if current["status"] != record.status:
+        _count_transition(
+            deltas,
+            record,
+            current["status"],
+            current["created_at"],
+            now,
+            already_completed=current["completed_at"] is not None,
+        )
+    del values["store_id"]
+    return {
+        **values,
+        "created_at": current["created_at"],
+        "completed_at": completed_at,
+        "updated_at": now,
+    }
+
+
+def _count_created(deltas: RollupDeltas, record: PayoutRecord, now: datetime) -> None:
+    _count_payout(deltas, record, +1)
+    deltas.counter(record.store_id, "payouts_created")
+    deltas.counter(record.store_id, "sats_created", by=record.amount_sats or 0)
+    if record.original_currency and record.original_amount is not None:
+        deltas.counter(
+            record.store_id,
+            "original_amount_created",
+            record.original_currency,
+            by=record.original_amount,
+        )
+    _count_transition(deltas, record, None, record.created_at, now)
+
+
+async def upsert_payouts(
+    conn: AsyncConnection,
+    records: Sequence[PayoutRecord],
+    *,
+    source: str,
+    event_type: str | None = None,
+    events: Mapping[str, tuple[str, int]] | None = None,
+    now: datetime | None = None,
+) -> list[UpsertResult]:
+    """``upsert_payout`` for many payouts in one transaction, in a handful of statements.
+
+    The outcome is the one of calling ``upsert_payout`` for each record in turn: the same rows,
+    audit rows, rollups and counters. ``events`` maps a payout id to the webhook event
+    ``(event_type, event_id)`` whose row a change completes (the enrichment worker's case).
+    Results come back in the order of ``records``.
+
+    Locks are taken in one order by every batch: payment hashes sorted, new payout ids sorted,
+    existing rows sorted by id, and the rollup and counter rows sorted at the very end (see
+    ``RollupDeltas``). Two batches therefore never wait on each other in a cycle.
+    """
+    now = now or utcnow()
+    deltas = RollupDeltas()
+    results: list[UpsertResult] = []
+    for chunk in _distinct_runs(records):
+        results.extend(
+            await _upsert_distinct(
+                conn, chunk, deltas, source=source, event_type=event_type, events=events, now=now
+            )
+        )
+    await deltas.apply(conn)
+    return results
+
+
+def _distinct_runs(records: Sequence[PayoutRecord]) -> list[list[PayoutRecord]]:
+    """Consecutive runs in which no payout id repeats: a later fact about the same payout must
+    see the earlier one written, as it would one call at a time."""
+    runs: list[list[PayoutRecord]] = [[]]
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            runs.append([])
+            seen = set()
+        runs[-1].append(record)
+        seen.add(record.id)
+    return [run for run in runs if run]
+
+
+async def _upsert_distinct(
+    conn: AsyncConnection,
+    records: list[PayoutRecord],
+    deltas: RollupDeltas,
+    *,
+    source: str,
+    event_type: str | None,
+    events: Mapping[str, tuple[str, int]] | None,
+    now: datetime,
+) -> list[UpsertResult]:
+    await lock_payment_hashes(conn, [r.payment_hash for r in records])
+    ordered = sorted(records, key=lambda r: r.id)
+    inserted = set(
+        (
+            await conn.execute(
+                dialect_insert(conn, payouts_t)
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(payouts_t.c.id),
+                [
+                    {
+                        "id": r.id,
+                        "created_at": r.created_at,
+                        "updated_at": now,
+                        "completed_at": now if r.status == COMPLETED else None,
+                        **r.columns(),
+                    }
+                    for r in ordered
+                ],
+            )
+        ).scalars()
+    )
+    existing = [r.id for r in ordered if r.id not in inserted]
+    current: dict[str, Any] = {}
+    if existing:
+        rows = await conn.execute(
+            select(payouts_t)
+            .where(payouts_t.c.id.in_(existing))
+            .order_by(payouts_t.c.id)
+            .with_for_update()
+        )
+        current = {row["id"]: row for row in rows.mappings()}
+
+    results: dict[str, UpsertResult] = {}
+    updates: list[dict[str, Any]] = []
+    for record in records:
+        if record.id in inserted:
+            results[record.id] = UpsertResult(record.id, True, True, None, record.status)
+            _count_created(deltas, record, now)
+            continue
+        row = current[record.id]
+        result = UpsertResult(record.id, False, False, row["status"], row["status"])
+        results[record.id] = result
+        values = _update_values(deltas, row, record, now)
+        if values is not None:
+            updates.append({"_id": record.id, **{f"_{k}": v for k, v in values.items()}})
+            result.changed, result.status = True, record.status
+    if updates:
+        columns = [k[1:] for k in updates[0] if k != "_id"]
+        await conn.execute(
+            update(payouts_t)
+            .where(payouts_t.c.id == bindparam("_id"))
+            .values({name: bindparam(f"_{name}") for name in columns}),
+            sorted(updates, key=lambda u: u["_id"]),
+        )
+
+    await _audit_changes(conn, records, results, deltas, source, event_type, events or {}, now)
+    await _link_new_payouts_to_taps(conn, records, results, now)
+    return [results[r.id] for r in records]
+
+
+async def _audit_changes(
+    conn: AsyncConnection,
+    records: list[PayoutRecord],
+    results: dict[str, UpsertResult],
+    deltas: RollupDeltas,
+    source: str,
+    event_type: str | None,
+    events: Mapping[str, tuple[str, int]],
+    now: datetime,
+) -> None:
+    """The audit rows of the changed payouts: the webhook's own row completed, or a new row."""
+    completing: list[dict[str, Any]] = []
+    new_rows: list[dict[str, Any]] = []
+    for record in records:
+        result = results[record.id]
+        if not result.changed:
+            continue
+        if record.id in events:
+            result.event_id = events[record.id][1]
+            completing.append(
+                {"_id": result.event_id, "_state": record.state, "_revision": record.revision}
+            )
+            continue
+        kind = event_type or ("PayoutCreated" if result.created else "PayoutUpdated")
+        new_rows.append(
+            {
+                "store_id": record.store_id,
+                "payout_id": record.id,
+                "source": source,
+                "event_type": kind,
+                "state": record.state,
+                "revision": record.revision,
+                "delivery_id": None,
+                "payload": None,
+                "occurred_at": None,
+                "enrich_pending": False,
+                "enrich_attempts": 0,
+                "received_at": now,
+            }
+        )
+        if source == "webhook":
+            deltas.counter(record.store_id, "webhook_events", kind)
+    if completing:
+        await conn.execute(
+            update(events_t)
+            .where(events_t.c.id == bindparam("_id"))
+            .values(state=bindparam("_state"), revision=bindparam("_revision")),
+            completing,
+        )
+    if new_rows:
+        returned = await conn.execute(
+            insert(events_t).returning(events_t.c.id, events_t.c.payout_id), new_rows
+        )
+        for event_id, payout_id in returned:
+            results[payout_id].event_id = event_id
+
+
+async def _link_new_payouts_to_taps(
+    conn: AsyncConnection,
+    records: list[PayoutRecord],
+    results: dict[str, UpsertResult],
+    now: datetime,
+) -> None:
+    """Link new payouts to a tap already waiting with their payment hash, as one at a time
+    would. One query finds whether any tap waits at all (usually none, in a batch)."""
+    hashes = {r.payment_hash for r in records if results[r.id].created and r.payment_hash}
+    if not hashes:
+        return
+    waiting = set(
+        (
+            await conn.execute(
+                select(taps_t.c.payment_hash)
+                .where(
+                    taps_t.c.payment_hash.in_(sorted(hashes)),
+                    taps_t.c.card_id.is_not(None),
+                    taps_t.c.payout_id.is_(None),
+                )
+                .distinct()
+            )
+        ).scalars()
+    )
+    for record in records:
+        if results[record.id].created and record.payment_hash in waiting:
+            results[record.id].linked = await _link_from_tap(
+                conn, record.id, record.payment_hash, now=now
+            )
 
 
 async def link_payout_to_card(
@@ -423,9 +656,8 @@ def _as_record(row: Any) -> PayoutRecord:
     )
 
 
-async def _count_payout(conn: AsyncConnection, record: PayoutRecord, sign: int) -> None:
-    await bump_payout_rollup(
-        conn,
+def _count_payout(deltas: RollupDeltas, record: PayoutRecord, sign: int) -> None:
+    deltas.payout_rollup(
         store_id=record.store_id,
         day=record.created_at.date(),
         status=record.status,
@@ -436,8 +668,8 @@ async def _count_payout(conn: AsyncConnection, record: PayoutRecord, sign: int) 
     )
 
 
-async def _count_transition(
-    conn: AsyncConnection,
+def _count_transition(
+    deltas: RollupDeltas,
     record: PayoutRecord,
     previous: str | None,
     created_at: datetime,
@@ -447,22 +679,18 @@ async def _count_transition(
 ) -> None:
     """Monotonic counters for a payout reaching Completed or Failed."""
     if record.status == COMPLETED and not already_completed:
-        await bump_counter(conn, record.store_id, "payouts_completed")
-        await bump_counter(conn, record.store_id, "sats_completed", by=record.amount_sats or 0)
+        deltas.counter(record.store_id, "payouts_completed")
+        deltas.counter(record.store_id, "sats_completed", by=record.amount_sats or 0)
         if previous is not None:
             seconds = max(0.0, (now - created_at).total_seconds())
             for bound in COMPLETION_BUCKETS:
                 if seconds <= bound:
-                    await bump_counter(
-                        conn, record.store_id, "completion_seconds_bucket", _le(bound)
-                    )
-            await bump_counter(conn, record.store_id, "completion_seconds_bucket", "+Inf")
-            await bump_counter(
-                conn, record.store_id, "completion_seconds_sum", by=Decimal(str(seconds))
-            )
-            await bump_counter(conn, record.store_id, "completion_seconds_count")
+                    deltas.counter(record.store_id, "completion_seconds_bucket", _le(bound))
+            deltas.counter(record.store_id, "completion_seconds_bucket", "+Inf")
+            deltas.counter(record.store_id, "completion_seconds_sum", by=Decimal(str(seconds)))
+            deltas.counter(record.store_id, "completion_seconds_count")
     elif record.status == FAILED and previous != FAILED:
-        await bump_counter(conn, record.store_id, "payouts_failed")
+        deltas.counter(record.store_id, "payouts_failed")
 
 
 def _le(bound: float) -> str:

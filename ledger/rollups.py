@@ -110,3 +110,79 @@ async def bump_card_rollup(
             },
         )
     )
+
+
+class RollupDeltas:
+    """Rollup and counter changes of one transaction, summed in memory and applied at its end.
+
+    ``apply`` writes every touched row once, payout rollups then counters, each in sorted key
+    order. Rollup and counter rows are shared by every writer, and a transaction holds each
+    row's lock from its upsert to its commit: two transactions that lock several of them in
+    different orders can wait on each other for ever (PostgreSQL then aborts one). When every
+    transaction takes them in the same order, one of any two always gets all it needs first.
+    """
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, str, str], Decimal] = {}
+        self.payout_rollups: dict[tuple[str, date, str, str], list[Any]] = {}
+
+    def counter(self, store_id: str | None, name: str, label: str = "", by: Any = 1) -> None:
+        key = (store_id or "", name, label)
+        self.counters[key] = self.counters.get(key, Decimal(0)) + Decimal(by)
+
+    def payout_rollup(
+        self,
+        *,
+        store_id: str,
+        day: date,
+        status: str,
+        currency: str,
+        count: int,
+        amount: Decimal,
+        amount_sats: int,
+    ) -> None:
+        key = (store_id, day, status, currency)
+        row = self.payout_rollups.setdefault(key, [0, Decimal(0), 0])
+        row[0] += count
+        row[1] += amount
+        row[2] += amount_sats
+
+    def __bool__(self) -> bool:
+        return bool(self.counters or self.payout_rollups)
+
+    async def apply(self, conn: AsyncConnection) -> None:
+        """Write the sums (one statement, executed for many rows) and start afresh."""
+        if self.payout_rollups:
+            await _bump_many(
+                conn,
+                PayoutRollup.__table__,
+                ("store_id", "day", "status", "currency"),
+                ("count", "amount", "amount_sats"),
+                [(*key, *self.payout_rollups[key]) for key in sorted(self.payout_rollups)],
+            )
+        if self.counters:
+            await _bump_many(
+                conn,
+                Counter.__table__,
+                ("store_id", "name", "label"),
+                ("value",),
+                [(*key, self.counters[key]) for key in sorted(self.counters)],
+            )
+        self.counters, self.payout_rollups = {}, {}
+
+
+async def _bump_many(
+    conn: AsyncConnection,
+    table: Table,
+    keys: tuple[str, ...],
+    deltas: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+) -> None:
+    # An executemany runs its rows in the order given, which is what keeps the lock order.
+    stmt = dialect_insert(conn, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + stmt.excluded[name] for name in deltas},
+    )
+    names = (*keys, *deltas)
+    await conn.execute(stmt, [dict(zip(names, row, strict=True)) for row in rows])
