@@ -213,15 +213,15 @@ async def payout_store(conn: AsyncConnection, payout_id: str) -> str | None:
     return (await conn.execute(stmt)).scalar_one_or_none()
 
 
-async def payout_detail(conn: AsyncConnection, payout_id: str) -> dict[str, Any] | None:
-    """Everything known about one payout: its row, its audit trail, and its card."""
-    row = (
-        (await conn.execute(select(payouts_t).where(payouts_t.c.id == payout_id)))
-        .mappings()
-        .one_or_none()
-    )
-    if row is None:
-        return None
+async def payout_row(conn: AsyncConnection, payout_id: str) -> Any | None:
+    """A payout's row (a mapping), or None; ``payout_detail`` builds the full answer from it."""
+    stmt = select(payouts_t).where(payouts_t.c.id == payout_id)
+    return (await conn.execute(stmt)).mappings().one_or_none()
+
+
+async def payout_detail(conn: AsyncConnection, row: Any) -> dict[str, Any]:
+    """Everything known about one payout (its ``payout_row``): the row, its audit trail, and
+    its card."""
     detail = payout_dict(row)
     detail["paymentProof"] = row["payment_proof"]
     detail["metadata"] = row["metadata"]
@@ -229,7 +229,7 @@ async def payout_detail(conn: AsyncConnection, payout_id: str) -> dict[str, Any]
     events = (
         await conn.execute(
             select(e.id, e.source, e.event_type, e.state, e.revision, e.occurred_at, e.received_at)
-            .where(e.payout_id == payout_id)
+            .where(e.payout_id == row["id"])
             .order_by(e.id)
         )
     ).mappings()
@@ -251,12 +251,26 @@ async def payout_detail(conn: AsyncConnection, payout_id: str) -> dict[str, Any]
     return detail
 
 
-async def card_summary(conn: AsyncConnection, card_id: str) -> dict[str, Any] | None:
-    """A card's public face and its lifetime usage (from the card rollups)."""
-    card = (
+async def card_summary(conn: AsyncConnection, card_id: str) -> dict[str, Any]:
+    """A card's public face and its lifetime usage (from the card rollups), in one statement."""
+    r = card_rollups_t.c
+    usage = (
+        select(
+            func.coalesce(func.sum(r.payouts), 0).label("payouts"),
+            func.coalesce(func.sum(r.amount_sats), 0).label("sats"),
+            func.coalesce(func.sum(r.taps), 0).label("taps"),
+            func.min(r.first_used_at).label("first"),
+            func.max(r.last_used_at).label("last"),
+        )
+        .where(r.card_id == card_id)
+        .subquery()
+    )
+    # The usage row always exists (an aggregate without GROUP BY); the card may not.
+    row = (
         (
             await conn.execute(
                 select(
+                    usage,
                     cards_t.c.id,
                     cards_t.c.store_id,
                     cards_t.c.alias,
@@ -264,41 +278,26 @@ async def card_summary(conn: AsyncConnection, card_id: str) -> dict[str, Any] | 
                     cards_t.c.tx_limit_sats,
                     cards_t.c.day_limit_sats,
                     cards_t.c.erased_at,
-                ).where(cards_t.c.id == card_id)
-            )
-        )
-        .mappings()
-        .one_or_none()
-    )
-    r = card_rollups_t.c
-    usage = (
-        (
-            await conn.execute(
-                select(
-                    func.coalesce(func.sum(r.payouts), 0).label("payouts"),
-                    func.coalesce(func.sum(r.amount_sats), 0).label("sats"),
-                    func.coalesce(func.sum(r.taps), 0).label("taps"),
-                    func.min(r.first_used_at).label("first"),
-                    func.max(r.last_used_at).label("last"),
-                ).where(r.card_id == card_id)
+                ).select_from(usage.outerjoin(cards_t, cards_t.c.id == card_id))
             )
         )
         .mappings()
         .one()
     )
+    known = row["id"] is not None
     return {
         "boltcardId": card_id,
-        "storeId": card["store_id"] if card else None,
-        "alias": card["alias"] if card else None,
-        "enabled": card["enabled"] if card else None,
-        "txLimitSats": card["tx_limit_sats"] if card else None,
-        "dayLimitSats": card["day_limit_sats"] if card else None,
-        "erased": bool(card and card["erased_at"] is not None),
-        "totalPayouts": int(usage["payouts"]),
-        "totalAmount": int(usage["sats"]),
-        "totalTaps": int(usage["taps"]),
-        "firstUsed": usage["first"],
-        "lastUsed": usage["last"],
+        "storeId": row["store_id"] if known else None,
+        "alias": row["alias"] if known else None,
+        "enabled": row["enabled"] if known else None,
+        "txLimitSats": row["tx_limit_sats"] if known else None,
+        "dayLimitSats": row["day_limit_sats"] if known else None,
+        "erased": known and row["erased_at"] is not None,
+        "totalPayouts": int(row["payouts"]),
+        "totalAmount": int(row["sats"]),
+        "totalTaps": int(row["taps"]),
+        "firstUsed": row["first"],
+        "lastUsed": row["last"],
     }
 
 
@@ -351,20 +350,26 @@ async def payout_stats(
             bucket.by_status[status] += count
     finished = by_status[COMPLETED]["count"] + by_status[FAILED]["count"]
     c = card_rollups_t.c
+    # Rank the cards first and name only the winners: joining the cards before grouping would
+    # make the planner hash the whole boltcards table.
+    ranked = (
+        select(
+            c.card_id,
+            func.sum(c.payouts).label("payouts"),
+            func.sum(c.amount_sats).label("sats"),
+        )
+        .where(c.store_id == store_id, *_day_window(card_rollups_t, start, end))
+        .group_by(c.card_id)
+        .having(func.sum(c.payouts) > 0)
+        .order_by(func.sum(c.amount_sats).desc(), c.card_id)
+        .limit(top)
+        .subquery()
+    )
     top_rows = (
         await conn.execute(
-            select(
-                c.card_id,
-                cards_t.c.alias,
-                func.sum(c.payouts).label("payouts"),
-                func.sum(c.amount_sats).label("sats"),
-            )
-            .select_from(card_rollups_t.outerjoin(cards_t, cards_t.c.id == c.card_id))
-            .where(c.store_id == store_id, *_day_window(card_rollups_t, start, end))
-            .group_by(c.card_id, cards_t.c.alias)
-            .having(func.sum(c.payouts) > 0)
-            .order_by(func.sum(c.amount_sats).desc(), c.card_id)
-            .limit(top)
+            select(ranked.c.card_id, cards_t.c.alias, ranked.c.payouts, ranked.c.sats)
+            .select_from(ranked.outerjoin(cards_t, cards_t.c.id == ranked.c.card_id))
+            .order_by(ranked.c.sats.desc(), ranked.c.card_id)
         )
     ).all()
     return {
@@ -414,18 +419,22 @@ async def card_usage(
     offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
     """``BoltcardUsage`` per card with payouts or taps in the period, and how many cards that is."""
-    stmt = usage_query(store_id, start, end, sort=sort, descending=descending)
-    if limit is not None:
-        stmt = stmt.limit(limit).offset(offset)
+    stmt = usage_query(
+        store_id, start, end, sort=sort, descending=descending, limit=limit, offset=offset
+    )
     rows = (await conn.execute(stmt)).mappings().all()
-    c = card_rollups_t.c
-    total = (
-        await conn.execute(
-            select(func.count(func.distinct(c.card_id))).where(
-                c.store_id == store_id, *_day_window(card_rollups_t, start, end)
+    if rows and limit is not None:
+        # Counted over the groups before the page was cut: no second pass over the period.
+        total = int(rows[0]["total"])
+    else:
+        c = card_rollups_t.c
+        total = (
+            await conn.execute(
+                select(func.count(func.distinct(c.card_id))).where(
+                    c.store_id == store_id, *_day_window(card_rollups_t, start, end)
+                )
             )
-        )
-    ).scalar_one()
+        ).scalar_one()
     return [usage_dict(r) for r in rows], int(total)
 
 
@@ -436,37 +445,50 @@ def usage_query(
     *,
     sort: str = "totalAmount",
     descending: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> Any:
-    """The usage SELECT, shared by the paged endpoint and the streamed export."""
+    """The usage SELECT, shared by the paged endpoint and the streamed export.
+
+    Cards are grouped, ordered and cut to the page before their aliases are joined, so a page
+    looks up only its own cards. A page (``limit`` given) also carries ``total``, the number of
+    cards in the period; the unpaged export leaves it out, so rows can stream as they come.
+    """
     c = card_rollups_t.c
-    agg = (
+    sums = {
+        "payouts": func.sum(c.payouts),
+        "sats": func.sum(c.amount_sats),
+        "taps": func.sum(c.taps),
+        "refused": func.sum(c.refused_taps),
+        "first": func.min(c.first_used_at),
+        "last": func.max(c.last_used_at),
+    }
+    key = {
+        "totalAmount": sums["sats"],
+        "totalPayouts": sums["payouts"],
+        "firstUsed": sums["first"],
+        "lastUsed": sums["last"],
+        "boltcardId": c.card_id,
+    }[sort]
+    direction = (lambda k: k.desc()) if descending else (lambda k: k.asc())
+    page = (
         select(
             c.card_id,
-            func.sum(c.payouts).label("payouts"),
-            func.sum(c.amount_sats).label("sats"),
-            func.sum(c.taps).label("taps"),
-            func.sum(c.refused_taps).label("refused"),
-            func.min(c.first_used_at).label("first"),
-            func.max(c.last_used_at).label("last"),
+            *[value.label(name) for name, value in sums.items()],
+            key.label("sort_key"),
+            *([func.count().over().label("total")] if limit is not None else []),
         )
         .where(c.store_id == store_id, *_day_window(card_rollups_t, start, end))
         .group_by(c.card_id)
-        .subquery()
+        .order_by(direction(key), direction(c.card_id))
     )
-    key = {
-        "totalAmount": agg.c.sats,
-        "totalPayouts": agg.c.payouts,
-        "firstUsed": agg.c.first,
-        "lastUsed": agg.c.last,
-        "boltcardId": agg.c.card_id,
-    }[sort]
+    if limit is not None:
+        page = page.limit(limit).offset(offset)
+    page = page.subquery()
     return (
-        select(agg, cards_t.c.alias)
-        .select_from(agg.outerjoin(cards_t, cards_t.c.id == agg.c.card_id))
-        .order_by(
-            key.desc() if descending else key.asc(),
-            agg.c.card_id.desc() if descending else agg.c.card_id.asc(),
-        )
+        select(page, cards_t.c.alias)
+        .select_from(page.outerjoin(cards_t, cards_t.c.id == page.c.card_id))
+        .order_by(direction(page.c.sort_key), direction(page.c.card_id))
     )
 
 

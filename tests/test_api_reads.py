@@ -163,3 +163,16 @@ async def test_manager_changes_card_and_tracking(own_world):
     assert (await r.json())["alias"] == "front till"
     r = await client.put(f"{P}/stores/{STORE_A}/card-tracking", json={"enabled": False}, headers=h)
     assert r.status == 200 and (await r.json()) == {"storeId": STORE_A, "cardTracking": False}
+
+
+async def test_usage_page_past_the_last_card_is_empty_but_keeps_the_total(world):
+    s, client = world
+    cards = {p.card_id for p in s.of(STORE_A) if p.card_id}
+    r = await client.get(
+        f"{P}/boltcards/usage",
+        params={"startDate": "2024-03-01", "limit": "5", "offset": "50"},
+        headers=s.auth("A-viewer"),
+    )
+    body = await r.json()
+    assert r.status == 200 and body["items"] == []
+    assert body["total"] == len(cards)
