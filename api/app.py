@@ -21,6 +21,8 @@ from .context import (
     ENGINE,
     LIMITER,
     PREFIX,
+    READER,
+    READS,
     STOPPING,
     WRITER,
     ApiConfig,
@@ -28,6 +30,7 @@ from .context import (
 from .errors import ApiError, error_response, json_response
 from .openapi import document
 from .ratelimit import RateLimiter, retry_after
+from .reading import RequestReader, request_reads
 
 log = logging.getLogger("api")
 
@@ -73,9 +76,15 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             "too many requests for this credential; retry later",
             {"Retry-After": retry_after(wait)},
         )
-    if request.path not in PUBLIC:
-        request[CREDENTIAL] = await request.app[AUTH].identify(request.headers.get("Authorization"))
-    return await handler(request)
+    if request.path in PUBLIC:
+        return await handler(request)
+    reader = request[READER] = RequestReader(request.app[READS])
+    try:
+        header = request.headers.get("Authorization")
+        request[CREDENTIAL] = await request.app[AUTH].identify(header, reader)
+        return await handler(request)
+    finally:
+        await reader.close()
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
@@ -86,6 +95,7 @@ def create_app(engine: AsyncEngine, config: ApiConfig | None = None) -> web.Appl
     config = config or ApiConfig()
     app = web.Application(middlewares=[error_middleware, access_middleware])
     app[ENGINE] = readonly(engine)
+    app[READS] = request_reads(app[ENGINE])
     app[WRITER] = engine
     app[CONFIG] = config
     app[LIMITER] = RateLimiter(config.rate, config.burst)

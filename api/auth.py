@@ -26,6 +26,7 @@ from ledger.stores import get_store
 from ledger.tokens import TokenInfo, lookup_token, touch_token
 
 from .errors import ApiError, forbidden, unauthorized
+from .reading import RequestReader
 
 log = logging.getLogger("api.auth")
 
@@ -116,16 +117,21 @@ class Authenticator:
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
 
-    async def identify(self, header: str | None) -> Credential:
-        """The caller's credential; 401 when there is none or a local token is unknown."""
+    async def identify(self, header: str | None, reader: RequestReader | None = None) -> Credential:
+        """The caller's credential; 401 when there is none or a local token is unknown.
+
+        ``reader`` is the request's own connection, which the handler then reuses."""
         parsed = credential_text(header)
         if parsed is None:
             raise unauthorized(
                 "send Authorization: Bearer <local token> or Authorization: token <BTCPay API key>"
             )
         scheme, secret = parsed
-        async with self.engine.connect() as conn:
-            token = await lookup_token(conn, secret)
+        if reader is not None:
+            token = await lookup_token(await reader.connection(), secret)
+        else:
+            async with self.engine.connect() as conn:
+                token = await lookup_token(conn, secret)
         if token is not None:
             await self._touch(token)
             return Credential("token", fingerprint(secret), secret, token)
@@ -133,7 +139,9 @@ class Authenticator:
             raise unauthorized("unknown or revoked token")
         return Credential("btcpay", fingerprint(secret), secret)
 
-    async def authorize(self, cred: Credential, store_id: str, need: Need) -> None:
+    async def authorize(
+        self, cred: Credential, store_id: str, need: Need, reader: RequestReader | None = None
+    ) -> None:
         """Return when ``cred`` may ``need`` this store's data; raise 401/403/502 otherwise."""
         if cred.token is not None:
             if cred.token.store_id != store_id:
@@ -141,7 +149,7 @@ class Authenticator:
             if need == "manage" and cred.token.role != "manager":
                 raise forbidden("this token may only view; managing needs a manager token")
             return
-        url = await self._btcpay_url(store_id)
+        url = await self._btcpay_url(store_id, reader)
         permissions = await self._permissions(url, cred)
         policy = _POLICY[need]
         reach = grants(permissions, policy, store_id)
@@ -152,9 +160,12 @@ class Authenticator:
         if reach == "all" and not await self._reaches_store(url, cred, store_id):
             raise forbidden(f"the BTCPay API key has no access to store {store_id}")
 
-    async def _btcpay_url(self, store_id: str) -> str:
-        async with self.engine.connect() as conn:
-            store = await get_store(conn, store_id)
+    async def _btcpay_url(self, store_id: str, reader: RequestReader | None) -> str:
+        if reader is not None:
+            store = await get_store(await reader.connection(), store_id)
+        else:
+            async with self.engine.connect() as conn:
+                store = await get_store(conn, store_id)
         url = (store.btcpay_url if store and store.btcpay_url else None) or self.default_btcpay_url
         if not url:
             raise forbidden(f"store {store_id} is not connected to a BTCPay Server")

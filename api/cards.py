@@ -12,7 +12,7 @@ from ledger.privacy import card_store, erase_card, export_card
 from ledger.stores import set_card_tracking
 
 from . import params
-from .context import ENGINE, WRITER, authorize, scoped_store
+from .context import WRITER, authorize, reader, scoped_store
 from .errors import ApiError, bad_parameter, json_response, not_found
 
 MAX_LIMIT_SATS = 21_000_000 * 100_000_000
@@ -25,18 +25,23 @@ async def usage_handler(request: web.Request) -> web.Response:
     sort = params.choice(q, "sort", USAGE_SORTS, "totalAmount")
     desc = params.descending(q)
     limit, offset = params.limit(q), params.offset(q)
-    async with request.app[ENGINE].connect() as conn:
-        items, total = await card_usage(
-            conn, store_id, first, last, sort=sort, descending=desc, limit=limit, offset=offset
-        )
+    items, total = await card_usage(
+        await reader(request),
+        store_id,
+        first,
+        last,
+        sort=sort,
+        descending=desc,
+        limit=limit,
+        offset=offset,
+    )
     return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 async def _card_for(request: web.Request, need: str) -> str:
     """The card named in the path, once the caller may ``need`` its store."""
     card_id = params.checked_text("boltcardId", request.match_info["boltcardId"])
-    async with request.app[ENGINE].connect() as conn:
-        store_id = await card_store(conn, card_id)
+    store_id = await card_store(await reader(request), card_id)
     if store_id is None:
         raise not_found(f"no card {card_id}")
     await authorize(request, store_id, need)  # type: ignore[arg-type]
@@ -45,8 +50,7 @@ async def _card_for(request: web.Request, need: str) -> str:
 
 async def card_handler(request: web.Request) -> web.Response:
     card_id = await _card_for(request, "view")
-    async with request.app[ENGINE].connect() as conn:
-        return json_response(await card_summary(conn, card_id))
+    return json_response(await card_summary(await reader(request), card_id))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -113,8 +117,7 @@ async def card_tracking_handler(request: web.Request) -> web.Response:
 async def card_data_handler(request: web.Request) -> web.Response:
     """Everything held about one card, for a data access request."""
     card_id = await _card_for(request, "manage")
-    async with request.app[ENGINE].connect() as conn:
-        data = await export_card(conn, card_id)
+    data = await export_card(await reader(request), card_id)
     if data is None:
         raise not_found(f"no card {card_id}")
     response = json_response(data)

@@ -6,12 +6,13 @@ import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .auth import Authenticator, Credential, Need
 from .errors import bad_parameter
 from .params import text
 from .ratelimit import RateLimiter
+from .reading import RequestReader
 
 PREFIX = "/plugins/flash/api"
 
@@ -30,19 +31,26 @@ class ApiConfig:
 
 ENGINE = web.AppKey("api_engine", AsyncEngine)  # read-only on SQLite
 WRITER = web.AppKey("api_writer", AsyncEngine)
+READS = web.AppKey("api_reads", AsyncEngine)  # ENGINE for per-request reads (see reading)
 CONFIG = web.AppKey("api_config", ApiConfig)
 AUTH = web.AppKey("api_auth", Authenticator)
 LIMITER = web.AppKey("api_limiter", RateLimiter)
 STOPPING = web.AppKey("api_stopping", asyncio.Event)
 CREDENTIAL = web.RequestKey("flash_credential", Credential)
+READER = web.RequestKey("flash_reader", RequestReader)
 
 
 def credential(request: web.Request) -> Credential:
     return request[CREDENTIAL]
 
 
+async def reader(request: web.Request) -> AsyncConnection:
+    """The request's read connection, shared with the credential check (see ``reading``)."""
+    return await request[READER].connection()
+
+
 async def authorize(request: web.Request, store_id: str, need: Need = "view") -> None:
-    await request.app[AUTH].authorize(credential(request), store_id, need)
+    await request.app[AUTH].authorize(credential(request), store_id, need, request[READER])
 
 
 async def scoped_store(request: web.Request, need: Need = "view") -> str:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ledger.api_queries import changes_after, latest_ids
 
-from .context import CONFIG, ENGINE, STOPPING, scoped_store
+from .context import CONFIG, ENGINE, READER, STOPPING, reader, scoped_store
 from .errors import bad_parameter, dumps, json_response
 
 _POSITION = re.compile(r"^e(\d{1,18})\.t(\d{1,18})$")
@@ -38,8 +38,7 @@ async def _start(request: web.Request, store_id: str) -> tuple[int, int]:
     raw = request.query.get("after") or request.headers.get("Last-Event-ID")
     if raw:
         return parse_position("after", raw)
-    async with request.app[ENGINE].connect() as conn:
-        return await latest_ids(conn, store_id)
+    return await latest_ids(await reader(request), store_id)
 
 
 def _merge(
@@ -63,6 +62,8 @@ def _merge(
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     store_id = await scoped_store(request)
     event_id, tap_id = await _start(request, store_id)
+    # The stream may last hours: it polls on connections of its own, not the request's.
+    await request[READER].close()
     config, engine, stopping = request.app[CONFIG], request.app[ENGINE], request.app[STOPPING]
     response = web.StreamResponse(
         headers={
@@ -102,12 +103,10 @@ async def poll_handler(request: web.Request) -> web.Response:
     store_id = await scoped_store(request)
     raw = request.query.get("after")
     if not raw:
-        async with request.app[ENGINE].connect() as conn:
-            event_id, tap_id = await latest_ids(conn, store_id)
+        event_id, tap_id = await latest_ids(await reader(request), store_id)
         return json_response({"changes": [], "next": position(event_id, tap_id)})
     event_id, tap_id = parse_position("after", raw)
-    async with request.app[ENGINE].connect() as conn:
-        events, taps = await changes_after(conn, store_id, event_id, tap_id)
+    events, taps = await changes_after(await reader(request), store_id, event_id, tap_id)
     changes, event_id, tap_id = _merge(events, taps, event_id, tap_id)
     return json_response(
         {

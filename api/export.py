@@ -18,7 +18,7 @@ from aiohttp import web
 from ledger.api_queries import USAGE_SORTS, list_payouts, usage_dict, usage_query
 
 from . import params
-from .context import CONFIG, ENGINE, scoped_store
+from .context import CONFIG, ENGINE, READER, scoped_store
 from .errors import _default, dumps
 from .payouts import payout_filter, sort_order
 
@@ -92,6 +92,8 @@ async def _stream(
     columns: tuple[str, ...],
     batches: AsyncIterator[list[dict[str, Any]]],
 ) -> web.StreamResponse:
+    # A long export reads on connections of its own; the request's is not held meanwhile.
+    await request[READER].close()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     response = web.StreamResponse(
         headers={

@@ -9,12 +9,12 @@ from ledger.api_queries import (
     PayoutFilter,
     list_payouts,
     payout_detail,
+    payout_row,
     payout_stats,
-    payout_store,
 )
 
 from . import params
-from .context import ENGINE, authorize, credential, scoped_store
+from .context import authorize, credential, reader, scoped_store
 from .errors import bad_parameter, json_response, not_found
 
 SORTS = tuple(PAYOUT_SORTS)
@@ -57,10 +57,10 @@ async def list_handler(request: web.Request) -> web.Response:
         if offset:
             raise bad_parameter("offset", "cannot be combined with cursor")
         after = params.decode_cursor(raw_cursor, sort, desc)
-    async with request.app[ENGINE].connect() as conn:
-        page = await list_payouts(
-            conn, f, sort=sort, descending=desc, limit=limit, offset=offset, after=after
-        )
+    conn = await reader(request)
+    page = await list_payouts(
+        conn, f, sort=sort, descending=desc, limit=limit, offset=offset, after=after
+    )
     return json_response(
         {
             "items": page.items,
@@ -76,18 +76,15 @@ async def list_handler(request: web.Request) -> web.Response:
 
 async def detail_handler(request: web.Request) -> web.Response:
     payout_id = params.checked_text("payoutId", request.match_info["payoutId"])
-    async with request.app[ENGINE].connect() as conn:
-        store_id = await payout_store(conn, payout_id)
-    if store_id is None:
+    conn = await reader(request)
+    row = await payout_row(conn, payout_id)
+    if row is None:
         # Checking credentials before answering keeps 404 from telling strangers anything.
         await _any_store(request)
         raise not_found(f"no payout {payout_id}")
-    await authorize(request, store_id)
-    async with request.app[ENGINE].connect() as conn:
-        detail = await payout_detail(conn, payout_id)
-    if detail is None:
-        raise not_found(f"no payout {payout_id}")
-    return json_response(detail)
+    # The row is read once, but nothing of it leaves before the caller may see its store.
+    await authorize(request, row["store_id"])
+    return json_response(await payout_detail(conn, row))
 
 
 async def _any_store(request: web.Request) -> None:
@@ -101,6 +98,5 @@ async def stats_handler(request: web.Request) -> web.Response:
     first, last = params.day_period(request.query, default_days=30)
     assert first is not None and last is not None
     top = params.integer(request.query, "top", 10, 1, 100)
-    async with request.app[ENGINE].connect() as conn:
-        stats = await payout_stats(conn, store_id, first, last, top=top)
+    stats = await payout_stats(await reader(request), store_id, first, last, top=top)
     return json_response(stats)
