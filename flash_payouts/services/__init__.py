@@ -1,0 +1,1 @@
+"""The listeners `serve` can run, each built from the shared settings."""
