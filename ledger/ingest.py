@@ -239,9 +239,11 @@ async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dic
 
 # --- transactions that may meet a deadlock ------------------------------------------------------
 
-# PostgreSQL: deadlock_detected, serialization_failure. Rollup and counter rows are shared by
-# every writer, so two transactions that each write several payouts can lock them in opposite
-# orders; the server aborts one, and running it again is the cure.
+# PostgreSQL: deadlock_detected, serialization_failure. Batches of payouts take their shared
+# rows (payment-hash locks, payouts, rollups, counters) in one sorted order, so two batches do
+# not deadlock each other; a single-payout write elsewhere (a card tap's transaction) still
+# takes its rows in its own order and can meet a batch in a cycle. The server then aborts one,
+# and running it again is the cure.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 

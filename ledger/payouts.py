@@ -8,6 +8,8 @@ The rules that make BTCPay's unreliable delivery converge:
 
 from __future__ import annotations
 
+import functools
+import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import JSON, Table, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .rollups import (
@@ -358,6 +360,80 @@ async def upsert_payouts(
     return results
 
 
+async def insert_rows(
+    conn: AsyncConnection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    conflict: list[str] | None,
+    returning: list[str],
+) -> list[tuple[Any, ...]]:
+    """INSERT many rows (all with the same keys) in one statement, skipping those that
+    conflict on ``conflict``; returns the ``returning`` columns of the rows inserted.
+
+    On PostgreSQL the rows go as one array per column through ``unnest``: the statement text
+    stays the same whatever the number of rows, so the driver parses and prepares it once,
+    where a multi-row VALUES list would be a new statement of thousands of parameters each time.
+    """
+    if not rows:
+        return []
+    if conn.dialect.name != "postgresql":
+        stmt = dialect_insert(conn, table)
+        if conflict is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
+        result = await conn.execute(stmt.returning(*(table.c[n] for n in returning)), rows)
+        return [tuple(r) for r in result]
+    names = list(rows[0])
+    sql = _unnest_insert_sql(conn, table, tuple(names), tuple(conflict or ()), tuple(returning))
+    params = {}
+    for i, name in enumerate(names):
+        column = table.c[name]
+        values = [row[name] for row in rows]
+        if isinstance(column.type, JSON):
+            # As SQLAlchemy binds a JSON column: None is JSON's null.
+            values = [json.dumps(v) for v in values]
+        params[f"c{i}"] = values
+    return [tuple(r) for r in await conn.execute(text(sql), params)]
+
+
+@functools.lru_cache(maxsize=32)
+def _unnest_sql_text(
+    table: str,
+    columns: tuple[tuple[str, str], ...],
+    conflict: tuple[str, ...],
+    returning: tuple[str, ...],
+) -> str:
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    arrays = ", ".join(
+        f"CAST(:c{i} AS {'TEXT' if kind == 'JSON' else kind}[])"
+        for i, (_, kind) in enumerate(columns)
+    )
+    selected = ", ".join(
+        f'CAST(u."{name}" AS JSON)' if kind == "JSON" else f'u."{name}"' for name, kind in columns
+    )
+    sql = f'INSERT INTO "{table}" ({names}) SELECT {selected} FROM unnest({arrays}) AS u({names})'
+    if conflict:
+        sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    return sql + f" RETURNING {', '.join(returning)}"
+
+
+def _unnest_insert_sql(
+    conn: AsyncConnection,
+    table: Table,
+    names: tuple[str, ...],
+    conflict: tuple[str, ...],
+    returning: tuple[str, ...],
+) -> str:
+    columns = tuple(
+        (name, "JSON" if isinstance(table.c[name].type, JSON) else _type_sql(conn, table, name))
+        for name in names
+    )
+    return _unnest_sql_text(table.name, columns, conflict, returning)
+
+
+def _type_sql(conn: AsyncConnection, table: Table, name: str) -> str:
+    return table.c[name].type.compile(dialect=conn.dialect)
+
+
 def _distinct_runs(records: Sequence[PayoutRecord]) -> list[list[PayoutRecord]]:
     """Consecutive runs in which no payout id repeats: a later fact about the same payout must
     see the earlier one written, as it would one call at a time."""
@@ -384,25 +460,17 @@ async def _upsert_distinct(
 ) -> list[UpsertResult]:
     await lock_payment_hashes(conn, [r.payment_hash for r in records])
     ordered = sorted(records, key=lambda r: r.id)
-    inserted = set(
-        (
-            await conn.execute(
-                dialect_insert(conn, payouts_t)
-                .on_conflict_do_nothing(index_elements=["id"])
-                .returning(payouts_t.c.id),
-                [
-                    {
-                        "id": r.id,
-                        "created_at": r.created_at,
-                        "updated_at": now,
-                        "completed_at": now if r.status == COMPLETED else None,
-                        **r.columns(),
-                    }
-                    for r in ordered
-                ],
-            )
-        ).scalars()
-    )
+    new_rows = [
+        {
+            "id": r.id,
+            "created_at": r.created_at,
+            "updated_at": now,
+            "completed_at": now if r.status == COMPLETED else None,
+            **r.columns(),
+        }
+        for r in ordered
+    ]
+    inserted = {row[0] for row in await insert_rows(conn, payouts_t, new_rows, ["id"], ["id"])}
     existing = [r.id for r in ordered if r.id not in inserted]
     current: dict[str, Any] = {}
     if existing:
@@ -492,9 +560,7 @@ async def _audit_changes(
             completing,
         )
     if new_rows:
-        returned = await conn.execute(
-            insert(events_t).returning(events_t.c.id, events_t.c.payout_id), new_rows
-        )
+        returned = await insert_rows(conn, events_t, new_rows, None, ["id", "payout_id"])
         for event_id, payout_id in returned:
             results[payout_id].event_id = event_id
 

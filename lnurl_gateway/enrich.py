@@ -3,7 +3,7 @@
 The queue is the ledger (``payout_events.enrich_pending``), so nothing waits in memory: a
 restart, a crash or a BTCPay outage leaves the events where they are, and the next pass picks
 them up. Several events for one payout need one fetch, since Greenfield answers with the payout
-as it is now; ``upsert_payout`` never moves its revision backwards, so out-of-order events and
+as it is now; ``upsert_payouts`` never moves a revision backwards, so out-of-order events and
 concurrent workers converge on BTCPay's state.
 
 While a store's BTCPay cannot be reached the worker backs off for that store alone, doubling the
@@ -34,7 +34,7 @@ from ledger.ingest import (
     note_enrich_failure,
     pending_events,
 )
-from ledger.payouts import PayoutRecord, upsert_payout
+from ledger.payouts import PayoutRecord, upsert_payouts
 
 from .btcpay_stores import StoreClients
 from .greenfield import GreenfieldAuthError, GreenfieldError, GreenfieldUnavailable
@@ -67,7 +67,6 @@ class Enricher:
     poll_interval: float = 5.0  # catches events queued by other replicas
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    write_lock: asyncio.Lock | None = None  # shared with the reconciler (see reconcile.py)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _backoff: dict[str, _Backoff] = field(default_factory=dict, repr=False)
 
@@ -121,23 +120,26 @@ class Enricher:
         # Reading new invoices is CPU work: a thread keeps the webhook receiver answering.
         shaped = await asyncio.to_thread(_shape, done, known)
 
-        async def write(conn: AsyncConnection) -> tuple[int, int]:
-            enriched = dropped = 0
-            for group, record in shaped:
-                ids = [e.id for e in group]
-                if record is None:
-                    dropped += await complete_events(conn, ids)
-                    continue
+        records = [record for _, record in shaped if record is not None]
+        # A change completes the group's latest event row (its type names the change).
+        events = {}
+        for group, record in shaped:
+            if record is not None:
                 latest = max(group, key=lambda e: e.id)
-                await upsert_payout(
-                    conn, record, source="webhook", event_type=latest.event_type, event_id=latest.id
-                )
-                enriched += await complete_events(conn, ids)
+                events[record.id] = (latest.event_type, latest.id)
+        written = [e.id for group, record in shaped if record is not None for e in group]
+        nothing = [e.id for group, record in shaped if record is None for e in group]
+
+        async def write(conn: AsyncConnection) -> tuple[int, int]:
+            await upsert_payouts(conn, records, source="webhook", events=events)
+            enriched = await complete_events(conn, written)
+            dropped = await complete_events(conn, nothing)
             await note_enrich_failure(conn, failed)
             return enriched, dropped
 
-        async with self.write_lock or contextlib.nullcontext():
-            enriched, dropped = await in_transaction(self.engine, write)
+        # Batches lock shared rows in one order (see ``upsert_payouts``), so this worker and a
+        # reconcile cannot deadlock each other; the retry covers anything else the server aborts.
+        enriched, dropped = await in_transaction(self.engine, write)
         stats.enriched += enriched
         stats.dropped += dropped
 

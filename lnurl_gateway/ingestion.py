@@ -34,11 +34,10 @@ def setup_ingestion(
     btcpay_timeout: float,
 ) -> None:
     clients = StoreClients(engine, box, timeout=btcpay_timeout)
-    # One writer at a time in this process: batched writes of the two workers would otherwise
-    # deadlock each other on the shared rollup rows (other processes are met by retries).
-    write_lock = asyncio.Lock()
-    enricher = Enricher(engine, clients, write_lock=write_lock)
-    reconciler = PeriodicReconciler(engine, clients, reconcile_interval, write_lock=write_lock)
+    # The two workers write concurrently: their batches take shared rows in one sorted order
+    # (``ledger.payouts.upsert_payouts``), so they do not deadlock each other.
+    enricher = Enricher(engine, clients)
+    reconciler = PeriodicReconciler(engine, clients, reconcile_interval)
     app[ENRICHER] = enricher
     app[RECONCILER] = reconciler
     add_webhook_route(app, WebhookReceiver(engine, box, on_queued=enricher.wake))

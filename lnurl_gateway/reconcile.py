@@ -4,7 +4,8 @@ Webhooks get lost, and BTCPay's auto-cancel of a too-small payout sends none at 
 full listing (``includeCancelled=true``) is sure to see everything. The list arrives as one
 unpaged array; it is parsed as it streams and handled a page at a time: the ledger's view of
 the page is read in one query, and only payouts that differ are written (source "reconcile"),
-each through ``upsert_payout``, which keeps the revision rule and the rollups.
+all in one transaction through ``upsert_payouts``, which keeps the revision rule and the
+rollups exactly as one write per payout would.
 
 A payout whose destination the ledger already holds is not decoded again: its payment hash and
 invoice amount are taken from the ledger, which makes a routine pass cheap.
@@ -31,7 +32,7 @@ from ledger.ingest import (
     sync_started,
     sync_succeeded,
 )
-from ledger.payouts import PayoutRecord, upsert_payout
+from ledger.payouts import PayoutRecord, upsert_payouts
 
 from .btcpay_stores import StoreClients
 from .greenfield import GreenfieldClient, GreenfieldError
@@ -91,13 +92,8 @@ async def reconcile_store(
     *,
     page_size: int = PAGE_SIZE,
     progress: Progress | None = None,
-    write_lock: asyncio.Lock | None = None,
 ) -> ReconcileResult:
-    """One full pass over a store's payouts. Failures are recorded in ``sync_state``.
-
-    ``write_lock``, shared with the enrichment worker, keeps this process's multi-payout
-    transactions from deadlocking each other on the shared rollup rows.
-    """
+    """One full pass over a store's payouts. Failures are recorded in ``sync_state``."""
     result = ReconcileResult(store_id)
     started = time.perf_counter()
     async with engine.begin() as conn:
@@ -112,12 +108,12 @@ async def reconcile_store(
         async for item in client.iter_payouts(store_id, True, progress=on_bytes):
             page.append(item)
             if len(page) >= page_size:
-                await _apply_page(engine, store_id, page, result, write_lock)
+                await _apply_page(engine, store_id, page, result)
                 page = []
                 if progress is not None:
                     progress(store_id, result.seen, received[0], received[1])
         if page:
-            await _apply_page(engine, store_id, page, result, write_lock)
+            await _apply_page(engine, store_id, page, result)
         if progress is not None:
             progress(store_id, result.seen, received[0], received[1])
     except GreenfieldError as exc:
@@ -152,7 +148,6 @@ async def _apply_page(
     store_id: str,
     page: list[dict[str, Any]],
     result: ReconcileResult,
-    write_lock: asyncio.Lock | None,
 ) -> None:
     ids = [p["id"] for p in page if isinstance(p.get("id"), str)]
     async with readonly(engine).connect() as conn:
@@ -166,15 +161,12 @@ async def _apply_page(
         return
 
     async def write(conn: AsyncConnection) -> tuple[int, int]:
-        changed = created = 0
-        for record in changes:
-            outcome = await upsert_payout(conn, record, source="reconcile")
-            changed += outcome.changed
-            created += outcome.created
-        return changed, created
+        outcomes = await upsert_payouts(conn, changes, source="reconcile")
+        return sum(o.changed for o in outcomes), sum(o.created for o in outcomes)
 
-    async with write_lock or contextlib.nullcontext():
-        changed, created = await in_transaction(engine, write)
+    # Concurrent batches (the enrichment worker, another replica) lock shared rows in one
+    # order and cannot deadlock each other; the retry is for anything else the server aborts.
+    changed, created = await in_transaction(engine, write)
     result.changed += changed
     result.created += created
 
@@ -199,17 +191,12 @@ async def reconcile_all(
     store_id: str | None = None,
     *,
     progress: Progress | None = None,
-    write_lock: asyncio.Lock | None = None,
 ) -> list[ReconcileResult]:
     """Reconcile one connected store or all of them, one after the other."""
     results = []
     for target in await clients.targets(store_id):
         client = clients.client_for(target)
-        results.append(
-            await reconcile_store(
-                engine, client, target.id, progress=progress, write_lock=write_lock
-            )
-        )
+        results.append(await reconcile_store(engine, client, target.id, progress=progress))
     return results
 
 
@@ -221,7 +208,6 @@ class PeriodicReconciler:
     clients: StoreClients
     interval: float
     first_delay: float = 2.0
-    write_lock: asyncio.Lock | None = None
     _now: asyncio.Event | None = None
 
     def trigger(self) -> None:
@@ -237,7 +223,7 @@ class PeriodicReconciler:
                 await asyncio.wait_for(self._now.wait(), delay)
             self._now.clear()
             try:
-                await reconcile_all(self.engine, self.clients, write_lock=self.write_lock)
+                await reconcile_all(self.engine, self.clients)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive a ledger hiccup; the next pass retries

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.payouts import PayoutRecord, record_event, upsert_payout, upsert_payouts
@@ -50,6 +50,8 @@ def random_records(seed: int, count: int, pool: int) -> list[dict[str, Any]]:
                 destination=f"lnbcrt{n}",
                 payment_hash=f"{n:064x}" if rng.random() < 0.8 else None,
                 amount_sats=rng.choice([None, rng.randrange(1, 10**6)]),
+                payment_proof=rng.choice([None, {"paymentHash": f"{n:064x}"}]),
+                metadata=rng.choice([None, {}, {"source": "card"}]),
             )
         )
     return facts
@@ -88,7 +90,19 @@ async def ledger_of(engine: AsyncEngine, store: str) -> dict[str, Any]:
                 await conn.execute(select(PayoutEvent).where(PayoutEvent.store_id == store))
             ).all()
         )
-    return {"payouts": payouts, "rollups": rollups, "counters": counters, "events": events}
+        # JSON's null and SQL's NULL read back alike: they must be written alike too.
+        null_proofs = (
+            await conn.execute(
+                select(func.count()).where(Payout.store_id == store, Payout.payment_proof.is_(None))
+            )
+        ).scalar_one()
+    return {
+        "null_proofs": null_proofs,
+        "payouts": payouts,
+        "rollups": rollups,
+        "counters": counters,
+        "events": events,
+    }
 
 
 def outcomes(results: list[Any], store: str) -> list[tuple[Any, ...]]:
