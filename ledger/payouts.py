@@ -13,7 +13,7 @@ import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -370,9 +370,10 @@ async def insert_rows(
     """INSERT many rows (all with the same keys) in one statement, skipping those that
     conflict on ``conflict``; returns the ``returning`` columns of the rows inserted.
 
-    On PostgreSQL the rows go as one array per column through ``unnest``: the statement text
-    stays the same whatever the number of rows, so the driver parses and prepares it once,
-    where a multi-row VALUES list would be a new statement of thousands of parameters each time.
+    On PostgreSQL the rows travel as one JSON document read by ``json_to_recordset``: the
+    statement text is the same whatever the number of rows, so it is parsed and prepared once,
+    and the one parameter is encoded by the json module's C encoder, where a multi-row VALUES
+    list would be a new statement of thousands of parameters, each adapted on its own.
     """
     if not rows:
         return []
@@ -382,56 +383,54 @@ async def insert_rows(
             stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
         result = await conn.execute(stmt.returning(*(table.c[n] for n in returning)), rows)
         return [tuple(r) for r in result]
-    names = list(rows[0])
-    sql = _unnest_insert_sql(conn, table, tuple(names), tuple(conflict or ()), tuple(returning))
-    params = {}
-    for i, name in enumerate(names):
-        column = table.c[name]
-        values = [row[name] for row in rows]
-        if isinstance(column.type, JSON):
-            # As SQLAlchemy binds a JSON column: None is JSON's null.
-            values = [json.dumps(v) for v in values]
-        params[f"c{i}"] = values
-    return [tuple(r) for r in await conn.execute(text(sql), params)]
+    names = tuple(rows[0])
+    columns = tuple(
+        (name, "JSON" if isinstance(table.c[name].type, JSON) else _type_sql(conn, table, name))
+        for name in names
+    )
+    sql = _recordset_insert_sql(table.name, columns, tuple(conflict or ()), tuple(returning))
+    json_columns = [name for name, kind in columns if kind == "JSON"]
+    if json_columns:
+        # As SQLAlchemy binds a JSON column: None is JSON's null, not SQL's NULL.
+        rows = [{**row, **{n: json.dumps(row[n]) for n in json_columns}} for row in rows]
+    document = json.dumps(rows, default=_json_scalar, separators=(",", ":"))
+    return [tuple(r) for r in await conn.execute(text(sql), {"rows": document})]
+
+
+def _json_scalar(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} to the ledger")
 
 
 @functools.lru_cache(maxsize=32)
-def _unnest_sql_text(
+def _recordset_insert_sql(
     table: str,
     columns: tuple[tuple[str, str], ...],
     conflict: tuple[str, ...],
     returning: tuple[str, ...],
 ) -> str:
     names = ", ".join(f'"{name}"' for name, _ in columns)
-    arrays = ", ".join(
-        f"CAST(:c{i} AS {'TEXT' if kind == 'JSON' else kind}[])"
-        for i, (_, kind) in enumerate(columns)
-    )
+    # A JSON column travels as its own text and is cast per row, keeping JSON null a value.
+    declared = ", ".join(f'"{name}" {"TEXT" if kind == "JSON" else kind}' for name, kind in columns)
     selected = ", ".join(
-        f'CAST(u."{name}" AS JSON)' if kind == "JSON" else f'u."{name}"' for name, kind in columns
+        f'CAST(r."{name}" AS JSON)' if kind == "JSON" else f'r."{name}"' for name, kind in columns
     )
-    sql = f'INSERT INTO "{table}" ({names}) SELECT {selected} FROM unnest({arrays}) AS u({names})'
+    sql = (
+        f'INSERT INTO "{table}" ({names}) SELECT {selected}'
+        f" FROM json_to_recordset(CAST(:rows AS JSON)) AS r({declared})"
+    )
     if conflict:
         sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
     return sql + f" RETURNING {', '.join(returning)}"
 
 
-def _unnest_insert_sql(
-    conn: AsyncConnection,
-    table: Table,
-    names: tuple[str, ...],
-    conflict: tuple[str, ...],
-    returning: tuple[str, ...],
-) -> str:
-    columns = tuple(
-        (name, "JSON" if isinstance(table.c[name].type, JSON) else _type_sql(conn, table, name))
-        for name in names
-    )
-    return _unnest_sql_text(table.name, columns, conflict, returning)
-
-
 def _type_sql(conn: AsyncConnection, table: Table, name: str) -> str:
-    return table.c[name].type.compile(dialect=conn.dialect)
+    return str(table.c[name].type.compile(dialect=conn.dialect))
 
 
 def _distinct_runs(records: Sequence[PayoutRecord]) -> list[list[PayoutRecord]]:

@@ -104,16 +104,20 @@ async def reconcile_store(
         received[0], received[1] = count, total
 
     page: list[dict[str, Any]] = []
+    writer = _PageWriter(engine, result)
     try:
-        async for item in client.iter_payouts(store_id, True, progress=on_bytes):
-            page.append(item)
-            if len(page) >= page_size:
-                await _apply_page(engine, store_id, page, result)
-                page = []
-                if progress is not None:
-                    progress(store_id, result.seen, received[0], received[1])
-        if page:
-            await _apply_page(engine, store_id, page, result)
+        try:
+            async for item in client.iter_payouts(store_id, True, progress=on_bytes):
+                page.append(item)
+                if len(page) >= page_size:
+                    await writer.submit(await _read_page(engine, store_id, page, result))
+                    page = []
+                    if progress is not None:
+                        progress(store_id, result.seen, received[0], received[1])
+            if page:
+                await writer.submit(await _read_page(engine, store_id, page, result))
+        finally:
+            await writer.finish()
         if progress is not None:
             progress(store_id, result.seen, received[0], received[1])
     except GreenfieldError as exc:
@@ -143,32 +147,55 @@ async def reconcile_store(
     return result
 
 
-async def _apply_page(
+async def _read_page(
     engine: AsyncEngine,
     store_id: str,
     page: list[dict[str, Any]],
     result: ReconcileResult,
-) -> None:
+) -> list[PayoutRecord]:
+    """The page's payouts that differ from the ledger."""
     ids = [p["id"] for p in page if isinstance(p.get("id"), str)]
     async with readonly(engine).connect() as conn:
         known = await known_payouts(conn, ids)
-    # Decoding new invoices is CPU work: a thread keeps the event loop (and webhooks) moving.
+    # Reading new invoices is CPU work: a thread keeps the event loop (and webhooks) moving.
     records, skipped = await asyncio.to_thread(_normalise_page, page, store_id, known)
     result.seen += len(page)
     result.skipped += skipped
-    changes = [r for r in records if _differs(r, known.get(r.id))]
-    if not changes:
-        return
+    return [r for r in records if _differs(r, known.get(r.id))]
 
-    async def write(conn: AsyncConnection) -> tuple[int, int]:
-        outcomes = await upsert_payouts(conn, changes, source="reconcile")
-        return sum(o.changed for o in outcomes), sum(o.created for o in outcomes)
 
-    # Concurrent batches (the enrichment worker, another replica) lock shared rows in one
-    # order and cannot deadlock each other; the retry is for anything else the server aborts.
-    changed, created = await in_transaction(engine, write)
-    result.changed += changed
-    result.created += created
+class _PageWriter:
+    """Writes one page while the next is read: the database works while this process parses.
+
+    At most one write is in flight, so memory holds two pages at most, and pages commit in the
+    order they arrived.
+    """
+
+    def __init__(self, engine: AsyncEngine, result: ReconcileResult) -> None:
+        self.engine = engine
+        self.result = result
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, changes: list[PayoutRecord]) -> None:
+        await self.finish()
+        if changes:
+            self.task = asyncio.create_task(self._write(changes))
+
+    async def finish(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            await task
+
+    async def _write(self, changes: list[PayoutRecord]) -> None:
+        async def write(conn: AsyncConnection) -> tuple[int, int]:
+            outcomes = await upsert_payouts(conn, changes, source="reconcile")
+            return sum(o.changed for o in outcomes), sum(o.created for o in outcomes)
+
+        # Concurrent batches (the enrichment worker, another replica) lock shared rows in one
+        # order and cannot deadlock each other; the retry is for anything else the server aborts.
+        changed, created = await in_transaction(self.engine, write)
+        self.result.changed += changed
+        self.result.created += created
 
 
 def _normalise_page(
