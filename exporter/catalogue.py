@@ -13,30 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ledger.outcomes import BTCPAY_CALLBACK_OUTCOMES, CALLBACK_OUTCOMES, TAP_OUTCOMES
 from ledger.status import STATUSES
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
-# Tap outcomes the gateway records. Each gets a series (0 until it happens) for every store, so
-# rate() and alerts see a series before the first refusal; outcomes outside this list are
-# exported as they appear in the ledger.
-TAP_OUTCOMES: tuple[str, ...] = (
-    "accepted",
-    "replay",
-    "bad_mac",
-    "bad_p",
-    "bad_param",
-    "unknown_card",
-    "disabled",
-    "wiped",
-    "limit",
-    "expired",
-    "k1_unknown",
-    "k1_expired",
-    "k1_used",
-    "bad_invoice",
-    "btcpay_error",
-)
+# Tap and callback outcomes come from the ledger, the one list the writers and the exporter share.
+# Each gets a series (0 until it happens) for every store, so rate() and alerts see a series
+# before the first refusal; outcomes outside these lists are exported as they appear. They are
+# imported here so that the dashboards and tests find every label enum in the catalogue.
 
 # BTCPay's payout webhook event types (Greenfield 2.x).
 WEBHOOK_EVENTS: tuple[str, ...] = ("PayoutCreated", "PayoutApproved", "PayoutUpdated")
@@ -226,10 +211,31 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "flash_taps_total",
         "counter",
         "Boltcard taps, by store and outcome (accepted, replay, bad_mac, unknown_card, disabled, "
-        "limit, ...); store is empty when the card was not recognised.",
+        "limit, ...; taps forwarded to BTCPay's own Boltcard endpoint add unidentified, "
+        "btcpay_refused and btcpay_error); store is empty when the card was not recognised.",
         labels=("store", "outcome"),
         area="taps",
         source="counters taps",
+    ),
+    MetricSpec(
+        "flash_callbacks_total",
+        "counter",
+        "LNURL-withdraw callbacks of accepted taps on the gateway's own cards, by store and "
+        "outcome: paid, or why not (invoice_refused, duplicate_invoice, over_limit, "
+        "card_unusable, btcpay_refused, btcpay_unavailable).",
+        labels=("store", "outcome"),
+        area="taps",
+        source="counters callbacks",
+    ),
+    MetricSpec(
+        "flash_btcpay_callbacks_total",
+        "counter",
+        "Callbacks of taps forwarded to BTCPay's own Boltcard endpoint, by store and BTCPay's "
+        "answer (ok, btcpay_refused, btcpay_error); store is empty when the card was not "
+        "identified.",
+        labels=("store", "outcome"),
+        area="taps",
+        source="counters btcpay_callbacks",
     ),
     # --- cards
     MetricSpec(
@@ -375,10 +381,15 @@ def metrics_markdown() -> str:
         "Known label values, exported as 0 before they first happen:",
         "",
         f"- `status`: {', '.join(STATUSES)}",
-        f"- `outcome`: {', '.join(TAP_OUTCOMES)} (others appear as the gateway records them)",
+        f"- `outcome` of `flash_taps_total`: {', '.join(TAP_OUTCOMES)}",
+        f"- `outcome` of `flash_callbacks_total`: {', '.join(CALLBACK_OUTCOMES)}",
+        f"- `outcome` of `flash_btcpay_callbacks_total`: {', '.join(BTCPAY_CALLBACK_OUTCOMES)}",
         f"- `event`: {', '.join(WEBHOOK_EVENTS)}",
         f"- `window`: {', '.join(w for w, _ in ACTIVE_WINDOWS)}",
         f"- `listener`: {', '.join(LISTENERS)}",
+        "",
+        "Outcomes come from `ledger/outcomes.py`, which the gateway's writers share; one outside",
+        "these lists still appears as soon as the ledger first counts it.",
         "",
     ]
     for area, title in AREAS:

@@ -24,7 +24,14 @@ from ledger.readings import CardReading, Snapshot
 from ledger.rollups import COMPLETION_BUCKETS
 from ledger.status import STATUSES
 
-from .catalogue import ACTIVE_WINDOWS, TAP_OUTCOMES, WEBHOOK_EVENTS, spec
+from .catalogue import (
+    ACTIVE_WINDOWS,
+    BTCPAY_CALLBACK_OUTCOMES,
+    CALLBACK_OUTCOMES,
+    TAP_OUTCOMES,
+    WEBHOOK_EVENTS,
+    spec,
+)
 
 CARD_PREFIX_LEN = 8
 
@@ -142,15 +149,23 @@ def _ledger_le(bound: float) -> str:
 
 
 class TapCollector(SnapshotCollector):
+    """Taps and their callbacks by outcome, every known outcome zero-filled per store."""
+
+    FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+        ("flash_taps_total", "taps", TAP_OUTCOMES),
+        ("flash_callbacks_total", "callbacks", CALLBACK_OUTCOMES),
+        ("flash_btcpay_callbacks_total", "btcpay_callbacks", BTCPAY_CALLBACK_OUTCOMES),
+    )
+
     def collect(self) -> Iterator[Metric]:
-        values = {
-            (store, outcome): 0.0 for store in known_stores(self.snap) for outcome in TAP_OUTCOMES
-        }
-        values.update(self.counters("taps"))
-        taps = family("flash_taps_total")
-        for key, value in sorted(values.items()):
-            taps.add_metric(list(key), value)
-        yield taps
+        stores = known_stores(self.snap)
+        for metric, counter, outcomes in self.FAMILIES:
+            values = {(store, outcome): 0.0 for store in stores for outcome in outcomes}
+            values.update(self.counters(counter))
+            fam = family(metric)
+            for key, value in sorted(values.items()):
+                fam.add_metric(list(key), value)
+            yield fam
 
 
 class WebhookCollector(SnapshotCollector):
