@@ -13,6 +13,7 @@ top of the database. Goal: under 50 ms at every size, with the same number of se
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from typing import Any
@@ -40,6 +41,11 @@ EVENTS_MAX = 1_000_000  # the newest-event query is one index probe; more rows a
 SCRAPES = 40
 GOAL_MS = 50.0
 TAP_OUTCOMES = (("replay", 200), ("bad_mac", 500), ("unknown_card", 1000), ("limit", 300))
+# Raised whenever ``load`` writes something different, so a kept database of an older loader is
+# loaded afresh rather than measured.
+LOADER_VERSION = 2
+# Keep the loaded databases and reuse them in the next run (the 10M load takes long).
+KEEP_ENV = "FLASH_BENCH_KEEP"
 
 
 def _admin(url: str) -> str:
@@ -117,6 +123,9 @@ def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
             UNION ALL SELECT store_id, 'original_amount_created', original_currency,
                 sum(original_amount) FROM payouts GROUP BY 1, 3
             UNION ALL SELECT store_id, 'taps', 'accepted', count(*) FROM payouts GROUP BY 1
+            UNION ALL SELECT store_id, 'callbacks', 'paid', count(*) FROM payouts GROUP BY 1
+            UNION ALL SELECT store_id, 'callbacks', 'over_limit', count(*) / 50 FROM payouts
+                GROUP BY 1
             UNION ALL SELECT store_id, 'webhook_events', e.t, count(*) FROM payouts,
                 (VALUES ('PayoutCreated'), ('PayoutApproved'), ('PayoutUpdated')) e(t)
                 GROUP BY 1, 3""",
@@ -148,13 +157,33 @@ def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
     with psycopg.connect(conninfo) as conn:
         for sql in statements:
             conn.execute(sql)
+        conn.execute(
+            "CREATE TABLE bench_loaded (version int NOT NULL, payouts bigint NOT NULL, "
+            "cards bigint NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO bench_loaded VALUES (%s, %s, %s)", (LOADER_VERSION, payouts, cards)
+        )
         conn.commit()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-        counts = {}
-        for table in ("payouts", "boltcards", "payout_rollups", "card_rollups", "counters"):
-            counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    return counts
+    return row_counts(conninfo)
+
+
+def row_counts(conninfo: str) -> dict[str, int]:
+    tables = ("payouts", "boltcards", "payout_rollups", "card_rollups", "counters")
+    with psycopg.connect(conninfo) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def loaded_as(conninfo: str, payouts: int, cards: int) -> bool:
+    """Whether an earlier run left this database loaded by this loader at this size."""
+    with psycopg.connect(conninfo) as conn:
+        exists = conn.execute("SELECT to_regclass('bench_loaded')").fetchone()[0]
+        if exists is None:
+            return False
+        row = conn.execute("SELECT version, payouts, cards FROM bench_loaded").fetchone()
+    return row == (LOADER_VERSION, payouts, cards)
 
 
 def series_in(exposition: str) -> int:
@@ -219,27 +248,53 @@ def label(size: int) -> str:
     return f"{size // 1000}k payouts" if size >= 1000 else f"{size} payouts"
 
 
-async def run(options: BenchOptions) -> list[Result]:
+async def prepare(options: BenchOptions, size: int, cards: int, keep: bool) -> tuple[str, str]:
+    """A migrated database loaded with ``size`` payouts: a kept one when it matches, else new."""
+    name = f"flash_bench_exporter_{size}_{cards}"
+    async_url, conninfo = _db_url(options.postgres_url, name)
+    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if exists and keep and loaded_as(conninfo, size, cards):
+        await asyncio.to_thread(migrate.upgrade, async_url)
+        print(f"  reusing {label(size)}: {row_counts(conninfo)}", flush=True)
+        return async_url, conninfo
+    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    await asyncio.to_thread(migrate.upgrade, async_url)
+    started = time.perf_counter()
+    counts = await asyncio.to_thread(load, conninfo, size, cards)
+    print(f"  loaded {label(size)} in {time.perf_counter() - started:.0f} s: {counts}", flush=True)
+    return async_url, conninfo
+
+
+def drop(options: BenchOptions, conninfo: str) -> None:
+    name = make_url(conninfo).database
+    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def run(
+    options: BenchOptions, *, keep: bool | None = None, load_only: bool = False
+) -> list[Result]:
+    """Measure each size. ``keep`` (default: the FLASH_BENCH_KEEP environment variable) leaves
+    the loaded databases behind and reuses them when loaded by this loader at the same size."""
+    if keep is None:
+        keep = os.environ.get(KEEP_ENV, "") not in ("", "0")
     sizes = tuple(options.sizes) or (QUICK_SIZES if options.quick else FULL_SIZES)
     cards = QUICK_CARDS if options.quick else FULL_CARDS
     results: list[Result] = []
     series_seen: list[int] = []
     for size in sizes:
-        name = f"flash_bench_exporter_{size}"
-        async_url, conninfo = _db_url(options.postgres_url, name)
-        with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{name}"')
+        async_url, conninfo = await prepare(options, size, cards, keep)
         try:
-            await asyncio.to_thread(migrate.upgrade, async_url)
-            started = time.perf_counter()
-            counts = await asyncio.to_thread(load, conninfo, size, cards)
-            load_s = time.perf_counter() - started
-            print(f"  loaded {label(size)} in {load_s:.0f} s: {counts}", flush=True)
+            if load_only:
+                continue
+            counts = row_counts(conninfo)
             m = await measure(async_url, conninfo)
         finally:
-            with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if not keep:
+                drop(options, conninfo)
         print(
             f"  scrape p50 {m['scrape']['p50']:.1f} ms (SQL {m['baseline']['p50']:.1f} ms), "
             f"p99 {m['scrape']['p99']:.1f} ms, {m['series']} series",
@@ -249,7 +304,7 @@ async def run(options: BenchOptions) -> list[Result]:
         common = {
             "suite": SUITE,
             "size": label(size),
-            "extra": {"rows": counts, "cards": cards, "load_seconds": round(load_s, 1)},
+            "extra": {"rows": counts, "cards": cards, "load": f"{uptime_load()}"},
         }
         for q in ("p50", "p99"):
             results.append(
@@ -280,9 +335,36 @@ async def run(options: BenchOptions) -> list[Result]:
     return results
 
 
-if __name__ == "__main__":
-    opts = BenchOptions(quick="--quick" in sys.argv[1:])
-    found = asyncio.run(run(opts))
+def uptime_load() -> str:
+    """The load averages while measuring: figures on a busy machine read differently."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.exporter", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run, not saved")
+    parser.add_argument("--sizes", type=int, nargs="+", default=(), help="payouts per size")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the loaded databases and reuse them"
+    )
+    parser.add_argument(
+        "--load-only", action="store_true", help="with --keep: load the databases, measure nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.load_only and not args.keep:
+        parser.error("--load-only needs --keep")
+    opts = BenchOptions(quick=args.quick, sizes=tuple(args.sizes))
+    found = asyncio.run(run(opts, keep=args.keep or None, load_only=args.load_only))
+    if args.load_only:
+        return 0
     print_results(found)
-    if not opts.quick:
+    if not opts.quick and not opts.sizes:
         save(SUITE, found)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
