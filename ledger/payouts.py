@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Table, bindparam, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .rollups import (
@@ -384,15 +385,8 @@ async def insert_rows(
         result = await conn.execute(stmt.returning(*(table.c[n] for n in returning)), rows)
         return [tuple(r) for r in result]
     names = tuple(rows[0])
-    columns = tuple(
-        (name, "JSON" if isinstance(table.c[name].type, JSON) else _type_sql(conn, table, name))
-        for name in names
-    )
+    columns = tuple((name, _pg_type_sql(table, name)) for name in names)
     sql = _recordset_insert_sql(table.name, columns, tuple(conflict or ()), tuple(returning))
-    json_columns = [name for name, kind in columns if kind == "JSON"]
-    if json_columns:
-        # As SQLAlchemy binds a JSON column: None is JSON's null, not SQL's NULL.
-        rows = [{**row, **{n: json.dumps(row[n]) for n in json_columns}} for row in rows]
     document = json.dumps(rows, default=_json_scalar, separators=(",", ":"))
     return [tuple(r) for r in await conn.execute(text(sql), {"rows": document})]
 
@@ -415,10 +409,12 @@ def _recordset_insert_sql(
     returning: tuple[str, ...],
 ) -> str:
     names = ", ".join(f'"{name}"' for name, _ in columns)
-    # A JSON column travels as its own text and is cast per row, keeping JSON null a value.
-    declared = ", ".join(f'"{name}" {"TEXT" if kind == "JSON" else kind}' for name, kind in columns)
+    declared = ", ".join(f'"{name}" {kind}' for name, kind in columns)
+    # json_to_recordset reads JSON's null as SQL's NULL; SQLAlchemy binds None to a JSON column
+    # as JSON's null, and so must this.
     selected = ", ".join(
-        f'CAST(r."{name}" AS JSON)' if kind == "JSON" else f'r."{name}"' for name, kind in columns
+        f"""COALESCE(r."{name}", CAST('null' AS JSON))""" if kind == "JSON" else f'r."{name}"'
+        for name, kind in columns
     )
     sql = (
         f'INSERT INTO "{table}" ({names}) SELECT {selected}'
@@ -429,8 +425,12 @@ def _recordset_insert_sql(
     return sql + f" RETURNING {', '.join(returning)}"
 
 
-def _type_sql(conn: AsyncConnection, table: Table, name: str) -> str:
-    return str(table.c[name].type.compile(dialect=conn.dialect))
+@functools.lru_cache(maxsize=256)
+def _pg_type_sql(table: Table, name: str) -> str:
+    column_type = table.c[name].type
+    if isinstance(column_type, JSON):
+        return "JSON"
+    return str(column_type.compile(dialect=postgresql.dialect()))
 
 
 def _distinct_runs(records: Sequence[PayoutRecord]) -> list[list[PayoutRecord]]:
@@ -500,7 +500,7 @@ async def _upsert_distinct(
         await conn.execute(
             update(payouts_t)
             .where(payouts_t.c.id == bindparam("_id"))
-            .values({name: bindparam(f"_{name}") for name in columns}),
+            .values({n: bindparam(f"_{n}", type_=payouts_t.c[n].type) for n in columns}),
             sorted(updates, key=lambda u: u["_id"]),
         )
 
