@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./flash-payouts.db"
+# A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+PING_AFTER_IDLE = 5.0
 
 
 class DatabaseUrlError(ValueError):
@@ -56,11 +59,39 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
+    else:
+        _ping_when_idle(engine)
     return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a connection's liveness only when it has sat idle in the pool for a while.
+
+    ``pool_pre_ping`` pings on every checkout, a round trip that a busy reader (an API request
+    is one checkout and two or three statements) pays on each request. A connection handed
+    back moments ago is as alive as the ping would say; one that idled may have been closed by
+    a restart or a proxy, and a failed ping here makes the pool replace it (and, as with
+    ``pool_pre_ping``, every connection older than the failure).
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["flash_idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("flash_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return
+        try:
+            sync_engine.dialect.do_ping(dbapi_conn)
+        except Exception as error:  # whatever broke it, a fresh connection is the remedy
+            raise exc.DisconnectionError(type(error).__name__) from error
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
