@@ -43,7 +43,9 @@ def not_found(message: str) -> ApiError:
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        # The ledger hands out UTC already; only other zones (or none) need converting.
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
@@ -53,8 +55,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+# One encoder for every answer: json.dumps with options would build a new one per call.
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"))
+
+
 def dumps(data: Any) -> str:
-    return json.dumps(data, default=_default, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
