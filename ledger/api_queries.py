@@ -112,6 +112,11 @@ def _after(
 
 async def count_payouts(conn: AsyncConnection, f: PayoutFilter) -> int:
     """The true number of payouts matching ``f``."""
+    return int((await conn.execute(_count(f))).scalar_one())
+
+
+def _count(f: PayoutFilter) -> Any:
+    """The SELECT of the number of payouts matching ``f``."""
     rollup_exact = (
         f.card_id is None
         and not f.q
@@ -129,9 +134,8 @@ async def count_payouts(conn: AsyncConnection, f: PayoutFilter) -> int:
             stmt = stmt.where(r.day < f.end.astimezone(UTC).date())
         if f.statuses:
             stmt = stmt.where(r.status.in_(f.statuses))
-        return int((await conn.execute(stmt)).scalar_one())
-    stmt = select(func.count()).select_from(payouts_t).where(*_conditions(f))
-    return int((await conn.execute(stmt)).scalar_one())
+        return stmt
+    return select(func.count()).select_from(payouts_t).where(*_conditions(f))
 
 
 async def list_payouts(
@@ -154,12 +158,12 @@ async def list_payouts(
     if after is not None:
         where.append(_after(keys, after, descending))
     order = [k.desc() if descending else k.asc() for k in keys]
-    stmt = (
-        select(payouts_t, *[k.label(f"_k{i}") for i, k in enumerate(keys)])
-        .where(*where)
-        .order_by(*order)
-        .limit(limit + 1)
-    )
+    columns = [payouts_t, *[k.label(f"_k{i}") for i, k in enumerate(keys)]]
+    if with_total:
+        # The total rides along with the page (one round trip); it is computed once, and never
+        # correlated with the page's rows although it may read the same table.
+        columns.append(_count(f).correlate(None).scalar_subquery().label("_total"))
+    stmt = select(*columns).where(*where).order_by(*order).limit(limit + 1)
     if offset and after is None:
         stmt = stmt.offset(offset)
     rows = (await conn.execute(stmt)).mappings().all()
@@ -169,7 +173,9 @@ async def list_payouts(
     if more and rows:
         last = rows[-1]
         next_after = tuple(_key_value(last[f"_k{i}"]) for i in range(len(keys)))
-    total = await count_payouts(conn, f) if with_total else -1
+    total = -1
+    if with_total:
+        total = int(rows[0]["_total"]) if rows else await count_payouts(conn, f)
     return PayoutPage([payout_dict(r) for r in rows], total, next_after)
 
 
