@@ -8,6 +8,7 @@ restarts, and an event is in the queue exactly when it is in the ledger.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,12 +16,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .payouts import one_of, record_event
 from .rollups import dialect_insert
-from .schema import Payout, PayoutEvent, Store, SyncState
+from .schema import Payout, PayoutEvent, Store, SyncState, UTCDateTime
 
 events_t = PayoutEvent.__table__
 payouts_t = Payout.__table__
@@ -233,7 +235,9 @@ async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dic
     if not payout_ids:
         return {}
     columns = [payouts_t.c.id, *(payouts_t.c[name] for name in _KNOWN_COLUMNS)]
-    rows = (await conn.execute(select(*columns).where(payouts_t.c.id.in_(list(payout_ids))))).all()
+    rows = (
+        await conn.execute(select(*columns).where(one_of(conn, payouts_t.c.id, payout_ids)))
+    ).all()
     return {row[0]: KnownPayout(*row[1:]) for row in rows}
 
 
@@ -270,3 +274,105 @@ async def in_transaction(
                 raise
         await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+# --- webhook events, many in one statement ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One signed delivery, to be queued for enrichment."""
+
+    store_id: str
+    payout_id: str
+    event_type: str
+    state: str | None
+    delivery_id: str
+    payload: dict[str, Any]
+    occurred_at: datetime | None
+
+
+# The events inserted (a delivery id already in, or twice in the batch, is skipped), then the
+# webhook_events counters raised by what was inserted, in sorted key order.
+_WEBHOOK_EVENTS_SQL = """
+WITH event AS (
+    INSERT INTO payout_events (
+        store_id, payout_id, source, event_type, state, delivery_id, payload, occurred_at,
+        enrich_pending, enrich_attempts, received_at
+    )
+    SELECT r.store_id, r.payout_id, 'webhook', r.event_type, r.state, r.delivery_id,
+        r.payload, r.occurred_at, true, 0, :received_at
+    FROM ROWS FROM (
+        json_to_recordset(CAST(:rows AS JSON)) AS (
+            store_id TEXT, payout_id TEXT, event_type TEXT, state TEXT, delivery_id TEXT,
+            payload JSON, occurred_at TIMESTAMPTZ
+        )
+    ) WITH ORDINALITY AS r(
+        store_id, payout_id, event_type, state, delivery_id, payload, occurred_at, n
+    )
+    ORDER BY r.n
+    ON CONFLICT (delivery_id) DO NOTHING
+    RETURNING id, delivery_id, store_id, event_type
+), counted AS (
+    INSERT INTO counters (store_id, name, label, value)
+    SELECT store_id, 'webhook_events', event_type, count(*) FROM event
+    GROUP BY store_id, event_type
+    ORDER BY store_id, event_type
+    ON CONFLICT (store_id, name, label) DO UPDATE SET value = counters.value + excluded.value
+)
+SELECT id, delivery_id FROM event
+"""
+
+_webhook_events_stmt = text(_WEBHOOK_EVENTS_SQL).bindparams(
+    bindparam("received_at", type_=UTCDateTime())
+)
+
+
+async def record_webhook_events(
+    conn: AsyncConnection, events: Sequence[WebhookEvent], *, now: datetime | None = None
+) -> list[int | None]:
+    """Queue webhook deliveries for enrichment and count them: ``record_event`` for each.
+
+    Returns, in order, each event's new id, or None for a delivery id already in the ledger
+    (or earlier in ``events``). On PostgreSQL this is one statement whatever the number of
+    events, so concurrent deliveries share one round trip and one commit.
+    """
+    now = now or _now()
+    if conn.dialect.name != "postgresql":
+        return [
+            await record_event(
+                conn,
+                store_id=e.store_id,
+                payout_id=e.payout_id,
+                source="webhook",
+                event_type=e.event_type,
+                state=e.state,
+                delivery_id=e.delivery_id,
+                payload=e.payload,
+                occurred_at=e.occurred_at,
+                enrich_pending=True,
+                now=now,
+            )
+            for e in events
+        ]
+    rows = [
+        {
+            "store_id": e.store_id,
+            "payout_id": e.payout_id,
+            "event_type": e.event_type,
+            "state": e.state,
+            "delivery_id": e.delivery_id,
+            "payload": e.payload,
+            "occurred_at": e.occurred_at.isoformat() if e.occurred_at else None,
+            "n": n,
+        }
+        for n, e in enumerate(events)
+    ]
+    result = await conn.execute(
+        _webhook_events_stmt, {"rows": json.dumps(rows), "received_at": now}
+    )
+    ids = {delivery_id: event_id for event_id, delivery_id in result.all()}
+    found: list[int | None] = []
+    for e in events:
+        found.append(ids.pop(e.delivery_id, None))  # a repeat in the batch finds it taken
+    return found

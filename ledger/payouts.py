@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Table, bindparam, select, text, update
+from sqlalchemy import ARRAY, JSON, Table, any_, bindparam, cast, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -433,6 +433,14 @@ def _pg_type_sql(table: Table, name: str) -> str:
     return str(column_type.compile(dialect=postgresql.dialect()))
 
 
+def one_of(conn: AsyncConnection, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN values``. On PostgreSQL as ``= ANY(array)``: one parameter, so the statement
+    text does not grow with the list (an expanded IN of 500 is a new statement to parse)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(cast(bindparam("one_of", list(values)), ARRAY(column.type)))
+    return column.in_(list(values))
+
+
 def _distinct_runs(records: Sequence[PayoutRecord]) -> list[list[PayoutRecord]]:
     """Consecutive runs in which no payout id repeats: a later fact about the same payout must
     see the earlier one written, as it would one call at a time."""
@@ -475,7 +483,7 @@ async def _upsert_distinct(
     if existing:
         rows = await conn.execute(
             select(payouts_t)
-            .where(payouts_t.c.id.in_(existing))
+            .where(one_of(conn, payouts_t.c.id, existing))
             .order_by(payouts_t.c.id)
             .with_for_update()
         )
@@ -580,7 +588,7 @@ async def _link_new_payouts_to_taps(
             await conn.execute(
                 select(taps_t.c.payment_hash)
                 .where(
-                    taps_t.c.payment_hash.in_(sorted(hashes)),
+                    one_of(conn, taps_t.c.payment_hash, sorted(hashes)),
                     taps_t.c.card_id.is_not(None),
                     taps_t.c.payout_id.is_(None),
                 )

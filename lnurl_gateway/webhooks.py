@@ -12,6 +12,7 @@ enrichment worker, which fetches the payout from Greenfield. Redeliveries carry 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -25,8 +26,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import readonly
-from ledger.ingest import webhook_store
-from ledger.payouts import record_event
+from ledger.ingest import WebhookEvent, record_webhook_events, webhook_store
 from ledger.secretbox import SecretBox, SecretBoxError
 
 from .btcpay_stores import open_webhook_secret
@@ -52,6 +52,46 @@ def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(signature_of(secret, body).encode(), header.strip().encode())
 
 
+class _EventWriter:
+    """Writes the events of concurrent deliveries together.
+
+    Every event takes the same ``webhook_events`` counter row, whose lock is held until the
+    commit: written one transaction each, deliveries would queue on that row one fsync at a
+    time. Here one write is in flight at a time, and the events that arrive meanwhile go
+    together in the next (one statement and one commit on PostgreSQL, see
+    ``record_webhook_events``). Each delivery is answered when the write holding it committed.
+    """
+
+    def __init__(self, engine: AsyncEngine, max_batch: int = 500) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.waiting: list[tuple[WebhookEvent, asyncio.Future[int | None]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def write(self, event: WebhookEvent) -> int | None:
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((event, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self.waiting:
+            batch = self.waiting[: self.max_batch]
+            del self.waiting[: self.max_batch]
+            try:
+                async with self.engine.begin() as conn:
+                    ids = await record_webhook_events(conn, [event for event, _ in batch])
+            except Exception as exc:  # each delivery answers 500; BTCPay sends it again
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), event_id in zip(batch, ids, strict=True):
+                if not future.done():  # a delivery whose sender hung up is cancelled
+                    future.set_result(event_id)
+
+
 class WebhookReceiver:
     def __init__(
         self,
@@ -67,6 +107,7 @@ class WebhookReceiver:
         self.on_queued = on_queued
         self.cache_seconds = cache_seconds
         self._secrets: dict[str, tuple[float, str | None]] = {}
+        self._writer = _EventWriter(engine)
 
     async def _secret(self, store_id: str, *, fresh: bool = False) -> str | None:
         """The store's webhook secret, None for an unknown store.
@@ -127,19 +168,17 @@ class WebhookReceiver:
             return _refuse(request, 400, "bad-event", "payoutId or deliveryId missing", store_id)
         state = body.get("payoutState")
 
-        async with self.engine.begin() as conn:
-            event_id = await record_event(
-                conn,
+        event_id = await self._writer.write(
+            WebhookEvent(
                 store_id=store_id,
                 payout_id=payout_id,
-                source="webhook",
                 event_type=event_type,
                 state=state if isinstance(state, str) and len(state) <= 32 else None,
                 delivery_id=delivery_id,
                 payload=body,
                 occurred_at=_timestamp(body.get("timestamp")),
-                enrich_pending=True,
             )
+        )
         if event_id is None:
             return _json(200, {"status": "duplicate"})
         if self.on_queued is not None:

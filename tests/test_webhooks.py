@@ -188,6 +188,37 @@ async def test_redelivery_of_the_same_event_is_stored_once(
     assert counted == 1
 
 
+async def test_concurrent_deliveries_are_each_stored_once_with_their_redeliveries(
+    engine: AsyncEngine, box: SecretBox, shop: Shop, receiver: str
+) -> None:
+    """Deliveries arriving together share writes: each still gets its own answer, a redelivery
+    racing its original (even in the same write) is stored once, and the counter agrees."""
+    await connect(engine, box, shop)
+    bodies = []
+    for i in range(40):
+        bodies.append(btcpay_body(shop.store_id, f"PAYOUT{i}", f"D{i}", f"D{i}"))
+        if i % 2 == 0:
+            bodies.append(btcpay_body(shop.store_id, f"PAYOUT{i}", f"R{i}", f"D{i}"))
+    answers = await asyncio.gather(
+        *(post(receiver, body, signature_of(SECRET, body)) for body in bodies)
+    )
+    assert all(status == 200 for status, _ in answers)
+    statuses = [answer["status"] for _, answer in answers]
+    assert statuses.count("accepted") == 40 and statuses.count("duplicate") == 20
+    ids = [answer["eventId"] for _, answer in answers if answer["status"] == "accepted"]
+    assert len(set(ids)) == 40
+    assert await event_count(engine) == 40
+    async with engine.connect() as conn:
+        counted = (
+            await conn.execute(select(Counter.value).where(Counter.name == "webhook_events"))
+        ).scalar_one()
+        delivered = set(
+            (await conn.execute(select(PayoutEvent.delivery_id, PayoutEvent.payout_id))).all()
+        )
+    assert counted == 40
+    assert delivered == {(f"D{i}", f"PAYOUT{i}") for i in range(40)}
+
+
 async def test_simulator_deliveries_are_enriched_into_payouts(
     engine: AsyncEngine, box: SecretBox, shop: Shop
 ) -> None:
