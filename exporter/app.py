@@ -11,7 +11,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,13 +21,14 @@ from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db import readonly
-from ledger.readings import Snapshot, read_snapshot
+from ledger.readings import SlowReading, Snapshot, read_slow, read_snapshot, read_stores
 
 from .catalogue import ACTIVE_WINDOWS
 from .collectors import AREA_COLLECTORS, ExporterCollector
+from .slow import SLOW_WINDOWS, SlowCache
 
 log = logging.getLogger("exporter")
 
@@ -39,6 +41,9 @@ class ExporterConfig:
     top_cards: int = 20
     # Deadline for the ledger reads when the scraper sends no timeout header.
     default_timeout: float = 10.0
+    # Seconds the slow-moving readings (active cards over 1d and 30d, the choice of the top
+    # cards) are reused between scrapes before being read again; 0: every scrape reads them.
+    slow_max_age: float = 60.0
     # Families from elsewhere in the process (the HTTP listeners' instrumentation), exposed as is.
     extra: tuple[Collector, ...] = field(default_factory=tuple)
 
@@ -49,6 +54,10 @@ class ExporterState:
     config: ExporterConfig
     scrapes: int = 0
     failures: int = 0
+    slow: SlowCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slow = SlowCache(self.config.slow_max_age)
 
 
 STATE_KEY = web.AppKey("flash_exporter_state", ExporterState)
@@ -65,8 +74,11 @@ def ledger_deadline(header: str | None, default: float) -> float:
     return max(0.05, timeout - max(0.1, timeout * 0.1))
 
 
-async def read_ledger(engine: AsyncEngine, config: ExporterConfig, deadline: float) -> Snapshot:
-    """One consistent read-only snapshot of what the scrape exports."""
+@asynccontextmanager
+async def ledger_transaction(
+    engine: AsyncEngine, deadline: float
+) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction whose statements stop at ``deadline`` seconds on the server."""
     async with readonly(engine).connect() as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             # A consistent view across the queries, and a server-side stop if the scraper has
@@ -74,11 +86,43 @@ async def read_ledger(engine: AsyncEngine, config: ExporterConfig, deadline: flo
             await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             millis = max(1, int(deadline * 1000))
             await conn.execute(text(f"SET LOCAL statement_timeout = {millis}"))
-        return await read_snapshot(
+        yield conn
+
+
+async def read_ledger(
+    engine: AsyncEngine, config: ExporterConfig, deadline: float, cache: SlowCache | None = None
+) -> Snapshot:
+    """One consistent read-only snapshot of what the scrape exports.
+
+    With a ``cache``, its slow readings stand in for the ones it holds, and what this read
+    makes of them is kept there; without, everything is read now.
+    """
+    now = datetime.now(UTC)
+    slow = cache.usable(now) if cache is not None else None
+    async with ledger_transaction(engine, deadline) as conn:
+        snapshot = await read_snapshot(
             conn,
-            now=datetime.now(UTC),
+            now=now,
             top_cards=config.top_cards,
             windows=dict(ACTIVE_WINDOWS),
+            slow=slow,
+            slow_windows=SLOW_WINDOWS if cache is not None else None,
+        )
+    if cache is not None:
+        cache.keep(snapshot.slow)
+        cache.refresh_if_old(now, lambda: read_slow_only(engine, config))
+    return snapshot
+
+
+async def read_slow_only(engine: AsyncEngine, config: ExporterConfig) -> SlowReading:
+    """The slow readings alone, as the background refresh reads them."""
+    async with ledger_transaction(engine, config.default_timeout) as conn:
+        return await read_slow(
+            conn,
+            now=datetime.now(UTC),
+            stores=await read_stores(conn),
+            top_cards=config.top_cards,
+            windows=SLOW_WINDOWS,
         )
 
 
@@ -114,7 +158,7 @@ async def metrics(request: web.Request) -> web.Response:
     snapshot: Snapshot | None = None
     try:
         async with asyncio.timeout(deadline):
-            snapshot = await read_ledger(state.engine, state.config, deadline)
+            snapshot = await read_ledger(state.engine, state.config, deadline, state.slow)
     except TimeoutError:
         log.warning("ledger read passed the scrape deadline of %.2f s", deadline)
     except Exception as exc:  # any ledger failure is reported as flash_up 0, never as a 500
@@ -148,7 +192,13 @@ async def landing(_request: web.Request) -> web.Response:
 def create_app(engine: AsyncEngine, config: ExporterConfig | None = None) -> web.Application:
     """The metrics listener's application; the engine's lifecycle belongs to the caller."""
     app = web.Application()
-    app[STATE_KEY] = ExporterState(engine, config or ExporterConfig())
+    state = ExporterState(engine, config or ExporterConfig())
+    app[STATE_KEY] = state
+
+    async def stop_refresh(_app: web.Application) -> None:
+        await state.slow.close()
+
+    app.on_cleanup.append(stop_refresh)
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     return app

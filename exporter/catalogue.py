@@ -94,6 +94,17 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         source="measured by the exporter",
     ),
     MetricSpec(
+        "flash_exporter_cached_readings_age_seconds",
+        "gauge",
+        "Seconds since the slow-moving readings of this scrape (flash_active_cards over 1d and "
+        "30d, the choice of the top K cards) were read from the ledger: they are reused for up to "
+        "a minute by default, then read again in the background, and never exported more than "
+        "five times that old.",
+        unit="seconds",
+        area="exporter",
+        source="this process",
+    ),
+    MetricSpec(
         "flash_exporter_scrapes_total",
         "counter",
         "Scrapes this exporter process has answered.",

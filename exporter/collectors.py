@@ -204,6 +204,11 @@ class CardCollector(SnapshotCollector):
                 active.add_metric([store, window], windows.get(window, 0))
         yield active
 
+        age = family("flash_exporter_cached_readings_age_seconds")
+        slow = self.snap.slow
+        age.add_metric([], max(0.0, (self.snap.now - slow.at).total_seconds()) if slow else 0.0)
+        yield age
+
         payouts = family("flash_card_payouts_total")
         value = family("flash_card_value_sats_total")
         taps = family("flash_card_taps_total")

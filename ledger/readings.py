@@ -78,6 +78,17 @@ class CardReading:
     recent_payouts: int
 
 
+@dataclass(frozen=True)
+class SlowReading:
+    """Readings that may be reused for a while: active cards over the wide ``windows`` and
+    the ids of the top cards (their figures are read afresh each time). ``at``: when read."""
+
+    at: datetime
+    windows: tuple[str, ...]
+    active_cards: dict[str, dict[str, int]]
+    top_card_ids: list[str]
+
+
 @dataclass
 class Snapshot:
     """Everything one scrape exports from the ledger, read in one transaction."""
@@ -90,6 +101,7 @@ class Snapshot:
     last_reconcile: dict[str, datetime | None] = field(default_factory=dict)
     newest_event: dict[str, datetime | None] = field(default_factory=dict)
     top_cards: list[CardReading] = field(default_factory=list)
+    slow: SlowReading | None = None
 
 
 async def read_stores(conn: AsyncConnection) -> list[StoreReading]:
@@ -169,22 +181,21 @@ async def read_newest_events(conn: AsyncConnection) -> dict[str, datetime | None
     return {store_id: at for store_id, at in rows}
 
 
-async def read_top_cards(
+async def rank_top_cards(
     conn: AsyncConnection, store_ids: list[str], k: int, now: datetime
-) -> list[CardReading]:
-    """The ``k`` most active cards of the given stores, with their lifetime totals.
+) -> list[str]:
+    """The ids of the ``k`` most active cards of the given stores, busiest first.
 
     Candidates are the most recently paid cards of each store (an index range with a LIMIT);
-    they are ranked by payouts over the last ``RANKING_DAYS`` days, then by recency, and the
-    winners' day rollups are summed by primary key. One statement, whatever the store count.
-    Erased cards never get a series.
+    they are ranked by payouts over the last ``RANKING_DAYS`` days, then by recency. One
+    statement, whatever the store count. Erased cards are never candidates.
     """
     if k <= 0 or not store_ids:
         return []
     c = cards_t.c
     r = card_rollups_t.c
     per_store = [
-        select(c.id, c.store_id, c.alias, c.last_used_at, c.last_payout_at)
+        select(c.id, c.last_payout_at)
         .where(c.store_id == store_id, c.last_payout_at.is_not(None), c.erased_at.is_(None))
         .order_by(c.last_payout_at.desc())
         .limit(k * CANDIDATES_PER_K)
@@ -198,58 +209,93 @@ async def read_top_cards(
         select(func.coalesce(func.sum(r.payouts), 0))
         .where(r.card_id == cand.c.id, r.day >= since)
         .scalar_subquery()
-        .label("recent")
     )
-    ranked = (
-        select(*cand.c, recent)
+    rows = await conn.execute(
+        select(cand.c.id)
         .order_by(recent.desc(), cand.c.last_payout_at.desc(), cand.c.id.desc())
         .limit(k)
-        .subquery("ranked")
     )
+    return [card_id for (card_id,) in rows]
+
+
+async def read_cards(
+    conn: AsyncConnection, card_ids: list[str], now: datetime
+) -> list[CardReading]:
+    """Lifetime totals of the given cards, in the order given.
+
+    Cards erased since they were chosen, and cards of stores that have since switched card
+    tracking off, are left out: opting out takes effect at the next scrape, whatever chose them.
+    """
+    if not card_ids:
+        return []
+    c = cards_t.c
+    r = card_rollups_t.c
+    since_week: date = (now - timedelta(days=RANKING_DAYS)).date()
 
     # Correlated sums, not a join: each is a primary-key range of one card's days, where a join
     # could let the planner hash the whole card_rollups table.
-    def total(column: Any) -> Any:
-        return select(column).where(r.card_id == ranked.c.id).scalar_subquery()
+    def total(column: Any, *where: Any) -> Any:
+        return select(column).where(r.card_id == c.id, *where).scalar_subquery()
 
     rows = await conn.execute(
         select(
-            ranked.c.id,
-            ranked.c.store_id,
-            ranked.c.alias,
-            ranked.c.last_used_at,
-            ranked.c.last_payout_at,
-            ranked.c.recent,
+            c.id,
+            c.store_id,
+            c.alias,
+            c.last_used_at,
             total(func.sum(r.payouts)),
             total(func.sum(r.amount_sats)),
             total(func.sum(r.taps)),
             total(func.sum(r.refused_taps)),
             total(func.max(r.last_used_at)),
+            total(func.sum(r.payouts), r.day >= since_week),
         )
+        .join(stores_t, stores_t.c.id == c.store_id)
+        .where(c.id.in_(card_ids), c.erased_at.is_(None), stores_t.c.card_tracking)
     )
-    cards = []
+    found: dict[str, CardReading] = {}
     for row in rows:
-        card_id, store_id, alias, last_used, last_payout, recent_n = row[:6]
-        payouts, sats, taps, refused, rollup_last = row[6:]
+        card_id, store_id, alias, last_used = row[:4]
+        payouts, sats, taps, refused, rollup_last, recent_n = row[4:]
         last = max((t for t in (last_used, rollup_last) if t is not None), default=None)
-        cards.append(
-            (
-                (int(recent_n or 0), last_payout, card_id),
-                CardReading(
-                    card_id=card_id,
-                    store_id=store_id,
-                    alias=alias,
-                    payouts=int(payouts or 0),
-                    amount_sats=int(sats or 0),
-                    taps=int(taps or 0),
-                    refused_taps=int(refused or 0),
-                    last_used_at=last,
-                    recent_payouts=int(recent_n or 0),
-                ),
-            )
+        found[card_id] = CardReading(
+            card_id=card_id,
+            store_id=store_id,
+            alias=alias,
+            payouts=int(payouts or 0),
+            amount_sats=int(sats or 0),
+            taps=int(taps or 0),
+            refused_taps=int(refused or 0),
+            last_used_at=last,
+            recent_payouts=int(recent_n or 0),
         )
-    cards.sort(key=lambda pair: pair[0], reverse=True)
-    return [card for _, card in cards]
+    return [found[card_id] for card_id in card_ids if card_id in found]
+
+
+async def read_top_cards(
+    conn: AsyncConnection, store_ids: list[str], k: int, now: datetime
+) -> list[CardReading]:
+    """The ``k`` most active cards of the given stores, with their lifetime totals."""
+    return await read_cards(conn, await rank_top_cards(conn, store_ids, k, now), now)
+
+
+async def read_slow(
+    conn: AsyncConnection,
+    *,
+    now: datetime,
+    stores: list[StoreReading],
+    top_cards: int,
+    windows: dict[str, int],
+) -> SlowReading:
+    """The readings that cost most and move slowest: wide active-card windows, top-K choice."""
+    return SlowReading(
+        at=now,
+        windows=tuple(windows),
+        active_cards=await read_active_cards(conn, [s.id for s in stores], now, windows),
+        top_card_ids=await rank_top_cards(
+            conn, [s.id for s in stores if s.card_tracking], top_cards, now
+        ),
+    )
 
 
 async def read_snapshot(
@@ -258,16 +304,36 @@ async def read_snapshot(
     now: datetime,
     top_cards: int,
     windows: dict[str, int],
+    slow: SlowReading | None = None,
+    slow_windows: dict[str, int] | None = None,
 ) -> Snapshot:
-    """Read everything a scrape exports. Call inside one (read-only) transaction."""
+    """Read everything a scrape exports. Call inside one (read-only) transaction.
+
+    ``slow``, read earlier by ``read_slow``, stands in for its windows and the choice of top
+    cards. Without it they are read here, as a ``SlowReading`` of ``slow_windows`` (default:
+    every window) returned in ``Snapshot.slow`` for reuse. The top cards' figures and the
+    windows outside the slow reading are always read here.
+    """
     snap = Snapshot(now=now)
     snap.stores = await read_stores(conn)
     store_ids = [s.id for s in snap.stores]
     snap.payouts = await read_payout_totals(conn)
     snap.counters = await read_counters(conn)
-    snap.active_cards = await read_active_cards(conn, store_ids, now, windows)
+    if slow is None:
+        slow = await read_slow(
+            conn,
+            now=now,
+            stores=snap.stores,
+            top_cards=top_cards,
+            windows=windows if slow_windows is None else slow_windows,
+        )
+    fresh = {name: seconds for name, seconds in windows.items() if name not in slow.windows}
+    active = await read_active_cards(conn, store_ids, now, fresh)
+    snap.active_cards = {
+        store: {**slow.active_cards.get(store, {}), **active.get(store, {})} for store in store_ids
+    }
     snap.last_reconcile = await read_last_reconcile(conn)
     snap.newest_event = await read_newest_events(conn)
-    tracked = [s.id for s in snap.stores if s.card_tracking]
-    snap.top_cards = await read_top_cards(conn, tracked, top_cards, now)
+    snap.top_cards = await read_cards(conn, slow.top_card_ids, now)
+    snap.slow = slow
     return snap
