@@ -444,6 +444,18 @@ async def card_usage(
     return [usage_dict(r) for r in rows], int(total)
 
 
+def _usage_sums(table: Any) -> dict[str, Any]:
+    c = table.c
+    return {
+        "payouts": func.sum(c.payouts),
+        "sats": func.sum(c.amount_sats),
+        "taps": func.sum(c.taps),
+        "refused": func.sum(c.refused_taps),
+        "first": func.min(c.first_used_at),
+        "last": func.max(c.last_used_at),
+    }
+
+
 def usage_query(
     store_id: str,
     start: date | None,
@@ -456,19 +468,15 @@ def usage_query(
 ) -> Any:
     """The usage SELECT, shared by the paged endpoint and the streamed export.
 
-    Cards are grouped, ordered and cut to the page before their aliases are joined, so a page
-    looks up only its own cards. A page (``limit`` given) also carries ``total``, the number of
-    cards in the period; the unpaged export leaves it out, so rows can stream as they come.
+    The unpaged export groups the period by card once and streams the groups. A page
+    (``limit`` given) ranks the cards by the sort key alone, cuts the page, and only then sums
+    everything else for the page's own cards (through the rollups' primary key) and joins their
+    aliases: the period's many cards cost one aggregate each instead of six. A page also
+    carries ``total``, the number of cards in the period, counted in the ranking pass.
     """
     c = card_rollups_t.c
-    sums = {
-        "payouts": func.sum(c.payouts),
-        "sats": func.sum(c.amount_sats),
-        "taps": func.sum(c.taps),
-        "refused": func.sum(c.refused_taps),
-        "first": func.min(c.first_used_at),
-        "last": func.max(c.last_used_at),
-    }
+    window = [c.store_id == store_id, *_day_window(card_rollups_t, start, end)]
+    sums = _usage_sums(card_rollups_t)
     key = {
         "totalAmount": sums["sats"],
         "totalPayouts": sums["payouts"],
@@ -477,24 +485,55 @@ def usage_query(
         "boltcardId": c.card_id,
     }[sort]
     direction = (lambda k: k.desc()) if descending else (lambda k: k.asc())
-    page = (
-        select(
-            c.card_id,
-            *[value.label(name) for name, value in sums.items()],
-            key.label("sort_key"),
-            *([func.count().over().label("total")] if limit is not None else []),
+    if limit is None:
+        grouped = (
+            select(c.card_id, *[value.label(name) for name, value in sums.items()])
+            .where(*window)
+            .group_by(c.card_id)
+            .subquery()
         )
-        .where(c.store_id == store_id, *_day_window(card_rollups_t, start, end))
+        sort_key = {
+            "totalAmount": grouped.c.sats,
+            "totalPayouts": grouped.c.payouts,
+            "firstUsed": grouped.c.first,
+            "lastUsed": grouped.c.last,
+            "boltcardId": grouped.c.card_id,
+        }[sort]
+        return (
+            select(grouped, cards_t.c.alias)
+            .select_from(grouped.outerjoin(cards_t, cards_t.c.id == grouped.c.card_id))
+            .order_by(direction(sort_key), direction(grouped.c.card_id))
+        )
+    ranked = (
+        select(c.card_id, key.label("sort_key"), func.count().over().label("total"))
+        .where(*window)
         .group_by(c.card_id)
         .order_by(direction(key), direction(c.card_id))
+        .limit(limit)
+        .offset(offset)
+        .subquery()
     )
-    if limit is not None:
-        page = page.limit(limit).offset(offset)
-    page = page.subquery()
+    r = card_rollups_t.alias("r")
+    page_sums = _usage_sums(r)
     return (
-        select(page, cards_t.c.alias)
-        .select_from(page.outerjoin(cards_t, cards_t.c.id == page.c.card_id))
-        .order_by(direction(page.c.sort_key), direction(page.c.card_id))
+        select(
+            ranked.c.card_id,
+            *[value.label(name) for name, value in page_sums.items()],
+            ranked.c.total,
+            cards_t.c.alias,
+        )
+        .select_from(
+            ranked.join(
+                r,
+                and_(
+                    r.c.card_id == ranked.c.card_id,
+                    r.c.store_id == store_id,
+                    *_day_window(r, start, end),
+                ),
+            ).outerjoin(cards_t, cards_t.c.id == ranked.c.card_id)
+        )
+        .group_by(ranked.c.card_id, ranked.c.sort_key, ranked.c.total, cards_t.c.alias)
+        .order_by(direction(ranked.c.sort_key), direction(ranked.c.card_id))
     )
 
 
