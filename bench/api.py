@@ -137,8 +137,10 @@ def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
     return counts
 
 
-def _cases(conninfo: str) -> dict[str, str]:
-    """The URL of each case; the deep cursor is the keyset position DEEP rows in."""
+def _cases(conninfo: str) -> tuple[dict[str, str], int]:
+    """The URL of each case; the deep cursor is the keyset position DEEP rows in (or, where
+    fewer match, one page before the last matching row); also returns that depth."""
+    depth = DEEP
     first = (END - timedelta(days=30)).isoformat()
     last = (END - timedelta(days=1)).isoformat()
     period = f"storeId={STORE}&startDate={first}&endDate={last}"
@@ -151,12 +153,21 @@ def _cases(conninfo: str) -> dict[str, str]:
                ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1""",
             (STORE, first, DEEP),
         ).fetchone()
-        if row is None:  # a small quick run: go as deep as there is
+        if row is None:  # fewer rows match: go as deep as there are, a full page before the end
+            matching = conn.execute(
+                """SELECT count(*) FROM payouts
+                   WHERE store_id = %s AND status IN ('Completed', 'Failed')
+                     AND created_at >= %s::date""",
+                (STORE, first),
+            ).fetchone()[0]
             row = conn.execute(
-                """SELECT created_at, id FROM payouts WHERE store_id = %s
-                   ORDER BY created_at LIMIT 1 OFFSET 10""",
-                (STORE,),
+                """SELECT created_at, id FROM payouts
+                   WHERE store_id = %s AND status IN ('Completed', 'Failed')
+                     AND created_at >= %s::date
+                   ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1""",
+                (STORE, first, max(matching - 60, 0)),
             ).fetchone()
+            depth = max(matching - 60, 0)
         payout = conn.execute(
             "SELECT id FROM payouts WHERE store_id = %s AND card_id IS NOT NULL "
             "ORDER BY created_at DESC LIMIT 1",
@@ -169,7 +180,7 @@ def _cases(conninfo: str) -> dict[str, str]:
         "detail": f"/payouts/{payout}",
         "stats": f"/payouts/stats?{period}",
         "usage": f"/boltcards/usage?{period}&limit=50",
-    }
+    }, depth
 
 
 async def measure(async_url: str, conninfo: str, requests: int) -> dict[str, Any]:
@@ -191,7 +202,8 @@ async def measure(async_url: str, conninfo: str, requests: int) -> dict[str, Any
     out: dict[str, Any] = {}
     try:
         async with aiohttp.ClientSession() as session:
-            for case, path in _cases(conninfo).items():
+            cases, depth = _cases(conninfo)
+            for case, path in cases.items():
                 for _ in range(3):  # warm the pool, the plans and the caches
                     async with session.get(base + path, headers=headers) as resp:
                         body = await resp.read()
@@ -206,7 +218,7 @@ async def measure(async_url: str, conninfo: str, requests: int) -> dict[str, Any
                     async with session.get(base + path, headers=headers) as resp:
                         await resp.read()
                     timings.append((time.perf_counter() - started) * 1000)
-                out[case] = {"api": percentiles(timings)}
+                out[case] = {"api": percentiles(timings), "depth": depth}
     finally:
         await server.close()
         await engine.dispose()
@@ -302,7 +314,8 @@ async def run(
                         baseline_value=figures["sql"][q],
                         goal=f"< {GOALS[case]:g} ms" if q == "p99" else "",
                         met=figures["api"][q] < GOALS[case] if q == "p99" else None,
-                        notes=f"{cards:,} cards, {STORES} stores, one quarter measured",
+                        notes=f"{cards:,} cards, {STORES} stores, one quarter measured"
+                        + (f"; cursor {figures['depth']:,} rows deep" if case == "deep" else ""),
                         extra={"rows": counts, "load_seconds": round(load_s, 1)},
                     )
                 )
