@@ -156,6 +156,48 @@ panels += [
         9,
     ),
 ]
+# Last, so the panels above keep their ids (alert rules link to them).
+layout.newline()
+panels += [
+    layout.place(
+        TimeSeries(
+            title="Callbacks by outcome",
+            description="LNURL-withdraw callbacks of accepted taps per second, by outcome: paid, "
+            "or why not (invoice refused, over the limit, BTCPay refused or unavailable, ...).",
+            targets=[
+                prom(
+                    "sum by (outcome) (rate(flash_callbacks_total"
+                    f"{{{TAP_STORES}}}[$__rate_interval]))",
+                    "{{outcome}}",
+                )
+            ],
+            unit="reqps",
+            stacking={"mode": "normal", "group": "A"},
+            fillOpacity=20,
+        ),
+        12,
+        8,
+    ),
+    layout.place(
+        TimeSeries(
+            title="BTCPay card callbacks by outcome",
+            description="Callbacks of taps forwarded to BTCPay's own Boltcard endpoint per "
+            "second, by BTCPay's answer.",
+            targets=[
+                prom(
+                    "sum by (outcome) (rate(flash_btcpay_callbacks_total"
+                    f"{{{TAP_STORES}}}[$__rate_interval]))",
+                    "{{outcome}}",
+                )
+            ],
+            unit="reqps",
+            stacking={"mode": "normal", "group": "A"},
+            fillOpacity=20,
+        ),
+        12,
+        8,
+    ),
+]
 
 dashboard = board(
     uid=CARDS_UID,
