@@ -367,9 +367,11 @@ async def insert_rows(
     rows: list[dict[str, Any]],
     conflict: list[str] | None,
     returning: list[str],
+    same: dict[str, Any] | None = None,
 ) -> list[tuple[Any, ...]]:
     """INSERT many rows (all with the same keys) in one statement, skipping those that
     conflict on ``conflict``; returns the ``returning`` columns of the rows inserted.
+    ``same`` holds the columns whose value is the same in every row.
 
     On PostgreSQL the rows travel as one JSON document read by ``json_to_recordset``: the
     statement text is the same whatever the number of rows, so it is parsed and prepared once,
@@ -378,17 +380,24 @@ async def insert_rows(
     """
     if not rows:
         return []
+    same = same or {}
     if conn.dialect.name != "postgresql":
         stmt = dialect_insert(conn, table)
         if conflict is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
-        result = await conn.execute(stmt.returning(*(table.c[n] for n in returning)), rows)
+        stmt = stmt.returning(*(table.c[n] for n in returning))
+        result = await conn.execute(stmt, [{**row, **same} for row in rows])
         return [tuple(r) for r in result]
-    names = tuple(rows[0])
-    columns = tuple((name, _pg_type_sql(table, name)) for name in names)
-    sql = _recordset_insert_sql(table.name, columns, tuple(conflict or ()), tuple(returning))
-    document = json.dumps(rows, default=_json_scalar, separators=(",", ":"))
-    return [tuple(r) for r in await conn.execute(text(sql), {"rows": document})]
+    columns = tuple((name, _pg_type_sql(table, name)) for name in rows[0])
+    constants = tuple((name, _pg_type_sql(table, name)) for name in same)
+    sql = _recordset_insert_sql(
+        table.name, columns, constants, tuple(conflict or ()), tuple(returning)
+    )
+    params = {"rows": json.dumps(rows, default=_json_scalar, separators=(",", ":"))}
+    for i, (name, kind) in enumerate(constants):
+        value = same[name]
+        params[f"same{i}"] = json.dumps(value) if kind == "JSON" else value
+    return [tuple(r) for r in await conn.execute(text(sql), params)]
 
 
 def _json_scalar(value: Any) -> str:
@@ -405,16 +414,20 @@ def _json_scalar(value: Any) -> str:
 def _recordset_insert_sql(
     table: str,
     columns: tuple[tuple[str, str], ...],
+    constants: tuple[tuple[str, str], ...],
     conflict: tuple[str, ...],
     returning: tuple[str, ...],
 ) -> str:
-    names = ", ".join(f'"{name}"' for name, _ in columns)
+    names = ", ".join(f'"{name}"' for name, _ in columns + constants)
     declared = ", ".join(f'"{name}" {kind}' for name, kind in columns)
     # json_to_recordset reads JSON's null as SQL's NULL; SQLAlchemy binds None to a JSON column
     # as JSON's null, and so must this.
     selected = ", ".join(
-        f"""COALESCE(r."{name}", CAST('null' AS JSON))""" if kind == "JSON" else f'r."{name}"'
-        for name, kind in columns
+        [
+            f"""COALESCE(r."{name}", CAST('null' AS JSON))""" if kind == "JSON" else f'r."{name}"'
+            for name, kind in columns
+        ]
+        + [f"CAST(:same{i} AS {kind})" for i, (_, kind) in enumerate(constants)]
     )
     sql = (
         f'INSERT INTO "{table}" ({names}) SELECT {selected}'
@@ -545,16 +558,9 @@ async def _audit_changes(
             {
                 "store_id": record.store_id,
                 "payout_id": record.id,
-                "source": source,
                 "event_type": kind,
                 "state": record.state,
                 "revision": record.revision,
-                "delivery_id": None,
-                "payload": None,
-                "occurred_at": None,
-                "enrich_pending": False,
-                "enrich_attempts": 0,
-                "received_at": now,
             }
         )
         if source == "webhook":
@@ -567,7 +573,17 @@ async def _audit_changes(
             completing,
         )
     if new_rows:
-        returned = await insert_rows(conn, events_t, new_rows, None, ["id", "payout_id"])
+        # As ``record_event`` writes an audit row.
+        same = {
+            "source": source,
+            "delivery_id": None,
+            "payload": None,
+            "occurred_at": None,
+            "enrich_pending": False,
+            "enrich_attempts": 0,
+            "received_at": now,
+        }
+        returned = await insert_rows(conn, events_t, new_rows, None, ["id", "payout_id"], same)
         for event_id, payout_id in returned:
             results[payout_id].event_id = event_id
 

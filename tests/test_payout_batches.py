@@ -96,8 +96,15 @@ async def ledger_of(engine: AsyncEngine, store: str) -> dict[str, Any]:
                 select(func.count()).where(Payout.store_id == store, Payout.payment_proof.is_(None))
             )
         ).scalar_one()
+        null_payloads = (
+            await conn.execute(
+                select(func.count()).where(
+                    PayoutEvent.store_id == store, PayoutEvent.payload.is_(None)
+                )
+            )
+        ).scalar_one()
     return {
-        "null_proofs": null_proofs,
+        "null_json": (null_proofs, null_payloads),
         "payouts": payouts,
         "rollups": rollups,
         "counters": counters,
