@@ -7,8 +7,12 @@ the days the rollups cover or K (the per-card series), never by the number of pa
 - counters are the ``counters`` table as written (stores x names x enum labels);
 - active cards count a range of the (store_id, last_payout_at) index, per store;
 - the newest event is one max() on the (store_id, received_at) index, per store;
-- the top cards come from the (store_id, last_payout_at) index with a LIMIT per store, then
-  ``card_rollups`` by primary key for those few cards.
+- the top cards are chosen among the (store_id, last_payout_at) index with a LIMIT per store,
+  then their figures read from ``card_rollups`` by primary key for those few cards.
+
+The wide active-card windows and the choice of the top cards are the costly part (an index
+entry per card paid in the window; a few hundred candidates ranked), and move slowly: they
+form a ``SlowReading`` that a caller may keep and pass back to later snapshots for a while.
 """
 
 from __future__ import annotations
