@@ -1,7 +1,7 @@
 """Every SQL query of the Grafana boards at 10 million payouts, on PostgreSQL.
 
-One database is migrated to head (which creates the ``grafana_*`` views and the read-only role)
-and bulk-loaded with the same SQL as the exporter suite (payouts spread over a year across
+The exporter suite's database is used (migrated to head, which creates the ``grafana_*`` views
+and the read-only role; loaded by the same SQL: payouts spread over a year across
 100,000 cards and 10 stores, their rollups, events and counters), plus card taps. Each board
 query is expanded as Grafana would send it for the board's default period with every store
 selected, and timed as Grafana's role ``flash_grafana`` over psycopg.
@@ -14,6 +14,7 @@ period, the least any query over that range can cost. Goal: each query under 200
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from datetime import timedelta
@@ -25,11 +26,10 @@ from sqlalchemy.engine import make_url
 from dashboards.common import POSTGRES_TYPE, to_dict
 from dashboards.loader import load_dashboards
 from dashboards.macros import Frame, expand_sql
-from ledger import migrate
 from ledger.status import STATUSES
 
 from .common import BenchOptions, Result, percentiles, print_results, save
-from .exporter import STORES, _admin, _db_url, load
+from .exporter import KEEP_ENV, STORES, drop, prepare
 
 SUITE = "dashboards"
 FULL = (10_000_000, 100_000)  # payouts, cards
@@ -187,22 +187,25 @@ def measure(conninfo: str, size: int) -> list[Result]:
 
 
 async def run(options: BenchOptions) -> list[Result]:
+    """Measure on the exporter suite's loaded ledger (same loader and size), adding the taps.
+
+    With FLASH_BENCH_KEEP set, a ledger loaded by an earlier run is reused, so the 10 million
+    payouts are loaded once for the exporter and dashboard suites alike.
+    """
     payouts, cards = QUICK if options.quick else FULL
-    name = f"flash_bench_dashboards_{payouts}"
-    async_url, conninfo = _db_url(options.postgres_url, name)
-    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
+    keep = os.environ.get(KEEP_ENV, "") not in ("", "0")
+    _async_url, conninfo = await prepare(options, payouts, cards, keep)
     try:
-        await asyncio.to_thread(migrate.upgrade, async_url)
-        started = time.perf_counter()
-        await asyncio.to_thread(load, conninfo, payouts, cards)
-        await asyncio.to_thread(load_taps, conninfo, payouts // 2, cards)
-        print(f"loaded {payouts:,} payouts in {time.perf_counter() - started:.0f} s", flush=True)
+        with psycopg.connect(conninfo) as conn:
+            has_taps = conn.execute("SELECT EXISTS (SELECT 1 FROM card_taps)").fetchone()[0]
+        if not has_taps:
+            started = time.perf_counter()
+            await asyncio.to_thread(load_taps, conninfo, payouts // 2, cards)
+            print(f"  loaded {payouts // 2:,} taps in {time.perf_counter() - started:.0f} s")
         return await asyncio.to_thread(measure, conninfo, payouts)
     finally:
-        with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not keep:
+            drop(options, conninfo)
 
 
 if __name__ == "__main__":
