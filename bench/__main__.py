@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres-url", default=DEFAULT_PG, help="server for the benchmark databases"
     )
     parser.add_argument("--report", type=Path, default=None, help="where to write the table")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep loaded benchmark databases and reuse them when loaded the same way "
+        "(also FLASH_BENCH_KEEP=1)",
+    )
     args = parser.parse_args(argv)
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
@@ -32,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.keep:
+        os.environ["FLASH_BENCH_KEEP"] = "1"
     options = BenchOptions(postgres_url=args.postgres_url, quick=args.quick)
     for suite in args.suites or SUITES:
         module = importlib.import_module(f"bench.{suite}")

@@ -18,6 +18,7 @@ psycopg. Goals: list and detail p99 < 20 ms; stats and usage p99 < 50 ms.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -263,11 +264,14 @@ def _loaded(conninfo: str) -> dict[str, int] | None:
 
 
 async def run(
-    options: BenchOptions, *, keep: bool = False, load_only: bool = False
+    options: BenchOptions, *, keep: bool | None = None, load_only: bool = False
 ) -> list[Result]:
     """Measure each size. ``keep`` leaves the loaded databases behind and reuses them next
     time (migrated to head first), which spares the long 10M load when measuring again;
-    ``load_only`` (with ``keep``) loads and stops there."""
+    ``load_only`` (with ``keep``) loads and stops there. ``keep`` defaults to the
+    FLASH_BENCH_KEEP environment variable, as in the exporter suite."""
+    if keep is None:
+        keep = os.environ.get("FLASH_BENCH_KEEP", "") not in ("", "0")
     sizes = tuple(options.sizes) or (QUICK_SIZES if options.quick else FULL_SIZES)
     cards = QUICK_CARDS if options.quick else FULL_CARDS
     requests = QUICK_REQUESTS if options.quick else REQUESTS

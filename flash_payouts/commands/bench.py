@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a record")
     p.add_argument("--postgres-url", default=DEFAULT_PG, help="server for the benchmark databases")
     p.add_argument("--report", type=Path, default=None, help="where to write the table")
+    p.add_argument("--keep", action="store_true", help="keep and reuse loaded benchmark databases")
     p.set_defaults(handler=_bench)
 
 
@@ -31,6 +32,8 @@ def _bench(args: argparse.Namespace) -> int:
     argv = [*args.suites, "--postgres-url", args.postgres_url]
     if args.quick:
         argv.append("--quick")
+    if args.keep:
+        argv.append("--keep")
     if args.report:
         argv += ["--report", str(args.report)]
     return main(argv)
