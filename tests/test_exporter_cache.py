@@ -10,12 +10,20 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
+from aiohttp.test_utils import TestClient, TestServer
 from exporter_fixtures import HOUR, add_card, add_store, card_payout, utcnow
 from prometheus_client import CollectorRegistry
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.app import ExporterConfig, ExporterState, build_registry, read_ledger
+from exporter.app import (
+    STATE_KEY,
+    ExporterConfig,
+    ExporterState,
+    build_registry,
+    create_app,
+    read_ledger,
+)
 from exporter.slow import STALE_LIMIT
 from ledger.schema import Boltcard
 from ledger.stores import set_card_tracking
@@ -151,3 +159,22 @@ async def test_opting_out_or_erasing_removes_card_series_at_the_next_scrape(
     private = await scrape(state)
     carded = {m.name for m in private.collect() for s in m.samples if s.labels.get("card")}
     assert carded == set()
+
+
+async def test_the_listener_serves_reused_readings_and_stops_its_background_read_on_close(
+    engine: AsyncEngine,
+) -> None:
+    await add_store(engine, "store-a")
+    await cards_paid(engine, "card-one")
+    app = create_app(engine, ExporterConfig(slow_max_age=60))
+    state = app[STATE_KEY]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        first = await client.get("/metrics")
+        assert first.status == 200
+        assert 'flash_active_cards{store="store-a",window="30d"} 1.0' in await first.text()
+        age_by(state, 90)
+        stale = await client.get("/metrics")
+        assert stale.status == 200
+        assert state.slow.refreshing is not None
+    # Closing the listener leaves no read running against an engine about to be disposed.
+    assert state.slow.refreshing is None
