@@ -35,6 +35,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
 def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -203,6 +210,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="K",
     ),
     Option(
+        "metrics_slow_max_age",
+        60.0,
+        "Seconds the slow-moving readings (active cards over 1d/30d, the choice of the top "
+        "cards) are reused between scrapes; 0: every scrape reads them.",
+        _non_negative_float,
+        metavar="SECONDS",
+    ),
+    Option(
         "api_rate",
         20.0,
         "API requests per second per credential (token bucket rate).",
@@ -252,6 +267,7 @@ class Settings:
     default_tx_limit_sats: int = 100_000
     default_day_limit_sats: int = 1_000_000
     metrics_top_cards: int = 20
+    metrics_slow_max_age: float = 60.0
     api_rate: float = 20.0
     api_burst: int = 60
     grafana_db_password: str = field(default="", repr=False)

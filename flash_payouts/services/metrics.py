@@ -13,6 +13,7 @@ from ..serve import Context
 def config_from(ctx: Context) -> ExporterConfig:
     return ExporterConfig(
         top_cards=ctx.settings.metrics_top_cards,
+        slow_max_age=ctx.settings.metrics_slow_max_age,
         extra=(instrumentation.REGISTRY,),
     )
 
