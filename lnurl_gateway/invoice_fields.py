@@ -4,8 +4,9 @@ A payout's invoice has been decoded and verified by BTCPay when the claim was ac
 ledger only needs its payment hash (the join key to a card tap) and its amount. A full decode
 with the ``bolt11`` package (``invoices.decode_invoice``) costs about half a millisecond, which
 alone would take most of a minute for a 100,000-payout reconcile into an empty ledger. This
-reader checks the bech32 checksum, reads the amount with the package's own parser and walks the
-tagged fields to the payment hash, in a few tens of microseconds. It does not check the
+reader checks the bech32 encoding with the ``bech32`` package (the reference implementation,
+which ``bolt11`` itself uses), reads the amount with ``bolt11``'s own parser and walks the tagged
+fields to the payment hash, in about a tenth of the time. It does not check the
 signature: that is what the gateway's wallet-facing path, which trusts no one, uses
 ``decode_invoice`` for. The tests hold both readers to the same answers.
 """
@@ -14,34 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bech32 import CHARSET, bech32_decode
 from bolt11.exceptions import Bolt11Exception
 from bolt11.utils import verify_hrp
 
 from .invoices import InvoiceError
 
-_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_WORD_OF = {c: i for i, c in enumerate(_CHARSET)}
-_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-
-
-# bech32's polymod, five generator bits at a time: the xor of the generators each top-5-bit
-# pattern selects, so one step is a shift, an xor and a lookup.
-def _step_table() -> tuple[int, ...]:
-    table = []
-    for top in range(32):
-        xor = 0
-        for i in range(5):
-            if (top >> i) & 1:
-                xor ^= _GENERATOR[i]
-        table.append(xor)
-    return tuple(table)
-
-
-_STEP = _step_table()
 _SIGNATURE_WORDS = 104  # 65 bytes
-_CHECKSUM_WORDS = 6
 _TIMESTAMP_WORDS = 7
-_TAG_PAYMENT_HASH = _WORD_OF["p"]
+_TAG_PAYMENT_HASH = CHARSET.index("p")
 _MAX_LEN = 7089
 
 
@@ -49,14 +31,6 @@ _MAX_LEN = 7089
 class InvoiceFields:
     payment_hash: str
     amount_msat: int | None
-
-
-def _polymod(values: list[int]) -> int:
-    chk = 1
-    step = _STEP
-    for value in values:
-        chk = ((chk & 0x1FFFFFF) << 5) ^ value ^ step[chk >> 25]
-    return chk
 
 
 def read_invoice_fields(pr: str) -> InvoiceFields:
@@ -73,20 +47,9 @@ def read_invoice_fields(pr: str) -> InvoiceFields:
         raise InvoiceError("payment request is too long")
     if text != text.lower() and text != text.upper():
         raise InvoiceError("payment request is not valid bech32 (mixed case)")
-    text = text.lower()
-    split = text.rfind("1")
-    if split < 1 or len(text) - split - 1 < _CHECKSUM_WORDS + _SIGNATURE_WORDS + _TIMESTAMP_WORDS:
-        raise InvoiceError("payment request is not valid bech32")
-    hrp = text[:split]
-    try:
-        words = [_WORD_OF[c] for c in text[split + 1 :]]
-    except KeyError:
-        raise InvoiceError("payment request is not valid bech32 (bad character)") from None
-    if any(ord(c) < 33 or ord(c) > 126 for c in hrp):
-        raise InvoiceError("payment request is not valid bech32")
-    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    if _polymod(expanded + words) != 1:
-        raise InvoiceError("payment request is not valid bech32 (checksum)")
+    hrp, words = bech32_decode(text.lower())
+    if hrp is None or words is None or len(words) < _SIGNATURE_WORDS + _TIMESTAMP_WORDS:
+        raise InvoiceError("payment request is not valid bech32 (bad character or checksum)")
     try:
         _network, amount = verify_hrp(hrp)
     except Bolt11Exception:
@@ -95,7 +58,7 @@ def read_invoice_fields(pr: str) -> InvoiceFields:
     if amount_msat is not None and amount_msat <= 0:
         raise InvoiceError("amount must be positive when present")
 
-    end = len(words) - _CHECKSUM_WORDS - _SIGNATURE_WORDS
+    end = len(words) - _SIGNATURE_WORDS
     at = _TIMESTAMP_WORDS
     while at + 3 <= end:
         tag, length = words[at], words[at + 1] * 32 + words[at + 2]
