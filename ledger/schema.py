@@ -174,6 +174,8 @@ class Payout(Base):
     __table_args__ = (
         Index(None, "store_id", "created_at"),
         Index(None, "store_id", "status", "created_at"),
+        # Newest first across several stores (Grafana's payout list) walks this backwards.
+        Index(None, "created_at"),
         Index(None, "card_id", "created_at"),
         Index(None, "payment_hash"),
         Index(None, "pull_payment_id"),
