@@ -20,6 +20,8 @@ CARD = "${card:sqlstring}"
 
 # The payouts table of the overview: newest first within the picked period, filtered by store,
 # status, card (id or alias) and a search text (payout id, pull payment id, amount or sats).
+# The card's ids are gathered once (ARRAY(...)) so that the payouts are found through their
+# card index; an OR of the id and an IN (subquery) made PostgreSQL walk the whole period.
 # The search is cast through text so that PostgreSQL converts it only when the pattern matched:
 # a quoted literal cast straight to numeric would be converted (and fail) while parsing.
 PAYOUTS_TABLE = f"""
@@ -37,8 +39,8 @@ SELECT payout_id AS "Payout",
    AND store_id IN ($store)
    AND status IN ($status)
    AND ({CARD} = ''
-        OR card_id = {CARD}
-        OR card_id IN (SELECT card_id FROM grafana_cards WHERE alias = {CARD}))
+        OR card_id = ANY (ARRAY(SELECT card_id FROM grafana_cards
+                                 WHERE card_id = {CARD} OR alias = {CARD})))
    AND ({SEARCH} = ''
         OR payout_id = {SEARCH}
         OR pull_payment_id = {SEARCH}
