@@ -28,7 +28,10 @@ def render() -> str:
         "Every figure stands beside a baseline measured in the same run on the same machine (the",
         "raw SQL behind an endpoint through psycopg, a plain INSERT's rate for a write), so the",
         "ratio stays meaningful on a noisy machine where absolute times drift. Re-run with",
-        "`python -m bench [SUITE ...]`; `--quick` makes a smoke run without recording.",
+        "`flash-payouts bench [SUITE ...]`; `--quick` makes a smoke run without recording, and",
+        "`--keep` keeps the bulk-loaded ledgers (10 thousand to 10 million payouts, 100,000",
+        "cards) and reuses them when a later run loads the same way, so only the first run pays",
+        "for the loads. The exporter and dashboard suites share one ledger per size.",
         "",
     ]
     for suite in SUITES:
