@@ -37,13 +37,14 @@ from ledger.db import create_engine, readonly
 from ledger.schema import Counter, PayoutRollup
 from ledger.secretbox import SecretBox
 from ledger.tokens import create_token
+from lnurl_gateway.app import GatewayConfig
 from lnurl_gateway.boltcard import make_tap
 from lnurl_gateway.invoices import encode_invoice
 from lnurl_gateway.registry import CardRegistry
 
 from .connect import connect_store, reconcile_stores
 from .serve import run_services
-from .settings import Settings, listen_address
+from .settings import Settings
 
 DEMO_API_KEY = "demo-greenfield-key"
 DEMO_KEY_FILE = "flash-payouts-demo.key"
@@ -224,11 +225,10 @@ async def _set_up(
         resp.raise_for_status()
         state.pull_payment_id = (await resp.json())["id"]
 
-    _host, _port = listen_address(settings.gateway_listen)
     registry = CardRegistry(
         engine,
         box,
-        lnurlw_base=f"lnurlw://{settings.gateway_base_url.split('://', 1)[1]}/boltcard",
+        lnurlw_base=GatewayConfig(public_url=settings.gateway_base_url).lnurlw_base,
         default_tx_limit_sats=settings.default_tx_limit_sats,
         default_day_limit_sats=settings.default_day_limit_sats,
     )
