@@ -23,8 +23,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from dashboards.common import POSTGRES_TYPE, to_dict
-from dashboards.loader import load_dashboards
+from dashboards.loader import sql_queries
 from dashboards.macros import Frame, expand_sql
 from ledger.status import STATUSES
 
@@ -60,20 +59,6 @@ def load_taps(conninfo: str, taps: int, cards: int) -> None:
         conn.commit()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE card_taps")
-
-
-def board_queries() -> list[tuple[str, str, str]]:
-    found = []
-    for board in load_dashboards().values():
-        data = to_dict(board)
-        for panel in data["panels"]:
-            for target in panel.get("targets", []):
-                if target.get("datasource", {}).get("type") == POSTGRES_TYPE:
-                    found.append((data["uid"], panel["title"], target["rawSql"]))
-        for variable in data["templating"]["list"]:
-            if (variable.get("datasource") or {}).get("type") == POSTGRES_TYPE:
-                found.append((data["uid"], f"${variable['name']}", variable["query"]))
-    return found
 
 
 def reader(conninfo: str) -> str:
@@ -123,13 +108,13 @@ def measure(conninfo: str, size: int) -> list[Result]:
         values = variables(conn)
         card_id = values.pop("_card_id")
         cases: list[tuple[str, str, str, dict[str, Any]]] = []
-        for uid, title, raw in board_queries():
+        for uid, title, raw in sql_queries():
             board_values = dict(values)
             if uid == "flash-boltcards":
                 board_values["card"] = card_id
             cases.append((uid, title, raw, board_values))
         # The overview's list with its filters in use, besides its default (no filter).
-        table = next(raw for uid, title, raw in board_queries() if title == "Payout list")
+        table = next(raw for uid, title, raw in sql_queries() if title == "Payout list")
         cases.append(
             (
                 "flash-payouts-overview",

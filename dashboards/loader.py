@@ -7,6 +7,8 @@ from pathlib import Path
 
 from grafanalib.core import Dashboard
 
+from .common import POSTGRES_TYPE, to_dict
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -32,3 +34,18 @@ def load_dashboards() -> dict[str, Dashboard]:
     return {
         path.name.removesuffix(".dashboard.py"): load_dashboard(path) for path in dashboard_files()
     }
+
+
+def sql_queries() -> list[tuple[str, str, str]]:
+    """(board uid, panel or variable title, raw SQL) for every SQL query of every board."""
+    found = []
+    for board in load_dashboards().values():
+        data = to_dict(board)
+        for panel in data["panels"]:
+            for target in panel.get("targets", []):
+                if target.get("datasource", {}).get("type") == POSTGRES_TYPE:
+                    found.append((data["uid"], panel["title"], target["rawSql"]))
+        for variable in data["templating"]["list"]:
+            if (variable.get("datasource") or {}).get("type") == POSTGRES_TYPE:
+                found.append((data["uid"], f"${variable['name']}", variable["query"]))
+    return found

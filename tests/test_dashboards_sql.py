@@ -18,8 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dashboards import sql
-from dashboards.common import POSTGRES_TYPE, to_dict
-from dashboards.loader import load_dashboards
+from dashboards.loader import sql_queries
 from dashboards.macros import Frame, expand_sql
 from ledger.payouts import upsert_payout
 from ledger.schema import CardTap
@@ -30,21 +29,6 @@ pytestmark = pytest.mark.postgres
 STORES = ["store-a", "store-b"]
 CARD = "cafe0000beef"
 PAYOUT = "P-card-1"
-
-
-def sql_queries() -> list[tuple[str, str, str]]:
-    """(board uid, panel or variable title, raw SQL) for every SQL query of every board."""
-    found = []
-    for board in load_dashboards().values():
-        data = to_dict(board)
-        for panel in data["panels"]:
-            for target in panel.get("targets", []):
-                if target.get("datasource", {}).get("type") == POSTGRES_TYPE:
-                    found.append((data["uid"], panel["title"], target["rawSql"]))
-        for variable in data["templating"]["list"]:
-            if (variable.get("datasource") or {}).get("type") == POSTGRES_TYPE:
-                found.append((data["uid"], f"${variable['name']}", variable["query"]))
-    return found
 
 
 async def fill(engine: AsyncEngine) -> None:
