@@ -28,7 +28,6 @@ import aiohttp
 import psycopg
 from aiohttp.test_utils import TestServer
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.context import ApiConfig
@@ -37,7 +36,16 @@ from ledger import migrate
 from ledger.db import create_engine
 from ledger.tokens import create_token
 
-from .common import BenchOptions, Result, percentiles, print_results, save
+from .common import (
+    BenchOptions,
+    Result,
+    admin_url,
+    database_urls,
+    percentiles,
+    print_results,
+    save,
+    size_suite_arguments,
+)
 
 SUITE = "api"
 STORES = 4
@@ -52,18 +60,6 @@ REQUESTS = 200
 QUICK_REQUESTS = 30
 DEEP = 100_000
 GOALS = {"list": 20.0, "deep": 20.0, "detail": 20.0, "stats": 50.0, "usage": 50.0}
-
-
-def _admin(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _db_url(url: str, name: str) -> tuple[str, str]:
-    base = make_url(url)
-    return (
-        base.set(drivername="postgresql+psycopg", database=name).render_as_string(False),
-        base.set(drivername="postgresql", database=name).render_as_string(False),
-    )
 
 
 def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
@@ -278,8 +274,8 @@ async def run(
     results: list[Result] = []
     for size in sizes:
         name = f"flash_bench_api_{size}"
-        async_url, conninfo = _db_url(options.postgres_url, name)
-        with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+        async_url, conninfo = database_urls(options.postgres_url, name)
+        with psycopg.connect(admin_url(options.postgres_url), autocommit=True) as admin:
             exists = admin.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()
@@ -303,7 +299,7 @@ async def run(
             m = await measure(async_url, conninfo, requests)
         finally:
             if not keep:
-                with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+                with psycopg.connect(admin_url(options.postgres_url), autocommit=True) as admin:
                     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         for case, figures in m.items():
             for q in ("p50", "p99"):
@@ -327,20 +323,7 @@ async def run(
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small smoke run, not saved")
-    parser.add_argument("--sizes", type=int, nargs="+", default=(), help="payouts per size")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the loaded databases and reuse them"
-    )
-    parser.add_argument(
-        "--load-only", action="store_true", help="with --keep: load the databases, measure nothing"
-    )
-    args = parser.parse_args(argv)
-    if args.load_only and not args.keep:
-        parser.error("--load-only needs --keep")
+    args = size_suite_arguments(argv, "python -m bench.api", __doc__)
     opts = BenchOptions(quick=args.quick, sizes=tuple(args.sizes))
     found = asyncio.run(run(opts, keep=args.keep, load_only=args.load_only))
     if args.load_only:

@@ -18,10 +18,45 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_PG = os.environ.get(
     "FLASH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def admin_url(url: str) -> str:
+    """A plain libpq connection string for ``url`` (for psycopg and administration)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def database_urls(url: str, name: str) -> tuple[str, str]:
+    """Database ``name`` on the server of ``url``: (the ledger's async URL, its libpq URL)."""
+    base = make_url(url)
+    return (
+        base.set(drivername="postgresql+psycopg", database=name).render_as_string(False),
+        base.set(drivername="postgresql", database=name).render_as_string(False),
+    )
+
+
+def size_suite_arguments(argv: list[str], prog: str, description: str | None):  # type: ignore[no-untyped-def]
+    """The command line of the suites measured at several ledger sizes (api, exporter)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run, not saved")
+    parser.add_argument("--sizes", type=int, nargs="+", default=(), help="payouts per size")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the loaded databases and reuse them"
+    )
+    parser.add_argument(
+        "--load-only", action="store_true", help="with --keep: load the databases, measure nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.load_only and not args.keep:
+        parser.error("--load-only needs --keep")
+    return args
 
 
 @dataclass

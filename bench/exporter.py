@@ -31,7 +31,16 @@ from ledger import migrate
 from ledger.db import create_engine
 from ledger.rollups import COMPLETION_BUCKETS
 
-from .common import BenchOptions, Result, percentiles, print_results, save
+from .common import (
+    BenchOptions,
+    Result,
+    admin_url,
+    database_urls,
+    percentiles,
+    print_results,
+    save,
+    size_suite_arguments,
+)
 
 SUITE = "exporter"
 STORES = 10
@@ -54,18 +63,6 @@ TAP_OUTCOMES = (("replay", 200), ("bad_mac", 500), ("unknown_card", 1000), ("lim
 LOADER_VERSION = 2
 # Keep the loaded databases and reuse them in the next run (the 10M load takes long).
 KEEP_ENV = "FLASH_BENCH_KEEP"
-
-
-def _admin(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _db_url(url: str, name: str) -> tuple[str, str]:
-    base = make_url(url)
-    return (
-        base.set(drivername="postgresql+psycopg", database=name).render_as_string(False),
-        base.set(drivername="postgresql", database=name).render_as_string(False),
-    )
 
 
 def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
@@ -307,14 +304,14 @@ def label(size: int) -> str:
 async def prepare(options: BenchOptions, size: int, cards: int, keep: bool) -> tuple[str, str]:
     """A migrated database loaded with ``size`` payouts: a kept one when it matches, else new."""
     name = f"flash_bench_exporter_{size}_{cards}"
-    async_url, conninfo = _db_url(options.postgres_url, name)
-    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+    async_url, conninfo = database_urls(options.postgres_url, name)
+    with psycopg.connect(admin_url(options.postgres_url), autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     if exists and keep and loaded_as(conninfo, size, cards):
         await asyncio.to_thread(migrate.upgrade, async_url)
         print(f"  reusing {label(size)}: {row_counts(conninfo)}", flush=True)
         return async_url, conninfo
-    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+    with psycopg.connect(admin_url(options.postgres_url), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     await asyncio.to_thread(migrate.upgrade, async_url)
@@ -326,7 +323,7 @@ async def prepare(options: BenchOptions, size: int, cards: int, keep: bool) -> t
 
 def drop(options: BenchOptions, conninfo: str) -> None:
     name = make_url(conninfo).database
-    with psycopg.connect(_admin(options.postgres_url), autocommit=True) as admin:
+    with psycopg.connect(admin_url(options.postgres_url), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -408,20 +405,7 @@ def uptime_load() -> str:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench.exporter", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small smoke run, not saved")
-    parser.add_argument("--sizes", type=int, nargs="+", default=(), help="payouts per size")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the loaded databases and reuse them"
-    )
-    parser.add_argument(
-        "--load-only", action="store_true", help="with --keep: load the databases, measure nothing"
-    )
-    args = parser.parse_args(argv)
-    if args.load_only and not args.keep:
-        parser.error("--load-only needs --keep")
+    args = size_suite_arguments(argv, "python -m bench.exporter", __doc__)
     opts = BenchOptions(quick=args.quick, sizes=tuple(args.sizes))
     found = asyncio.run(run(opts, keep=args.keep or None, load_only=args.load_only))
     if args.load_only:

@@ -30,17 +30,13 @@ import aiohttp
 import psycopg
 from sqlalchemy.engine import make_url
 
-from .common import BenchOptions, Result, percentiles, print_results, save
+from .common import BenchOptions, Result, admin_url, percentiles, print_results, save
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "gateway"
 MASTER_KEY = "5a" * 32
 PROCESSES = 2
 CONCURRENCY = 32
-
-
-def _admin(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -276,7 +272,7 @@ async def run(options: BenchOptions) -> list[Result]:
     n_flows = 200 if quick else 1500
     n_cards = 64 if quick else 256
     name = f"flash_bench_{uuid.uuid4().hex[:10]}"
-    admin = _admin(options.postgres_url)
+    admin = admin_url(options.postgres_url)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     db_url = (

@@ -32,7 +32,7 @@ import aiohttp
 import psycopg
 from sqlalchemy.engine import make_url
 
-from .common import BenchOptions, Result, print_results, save
+from .common import BenchOptions, Result, admin_url, print_results, save
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "ingest"
@@ -44,20 +44,16 @@ CLIENTS = 2  # load processes sharing them
 WARM_UP = 200
 
 
-def _admin(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _create_db(server_url: str) -> tuple[str, str]:
     name = f"flash_bench_ingest_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_admin(server_url), autocommit=True) as conn:
+    with psycopg.connect(admin_url(server_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(server_url).set(drivername="postgresql+psycopg", database=name)
     return url.render_as_string(hide_password=False), name
 
 
 def _drop_db(server_url: str, name: str) -> None:
-    with psycopg.connect(_admin(server_url), autocommit=True) as conn:
+    with psycopg.connect(admin_url(server_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -288,7 +284,7 @@ async def bench_webhooks(options: BenchOptions) -> list[Result]:
         rate = await asyncio.to_thread(_run_load, "post", str(port), 0, count)
         _stop(proc)
         proc = None
-        dsn = _admin(db_url.replace("+psycopg", ""))
+        dsn = admin_url(db_url.replace("+psycopg", ""))
         baseline = await asyncio.to_thread(_run_load, "insert", dsn, 0, count)
     finally:
         if proc is not None:
