@@ -13,7 +13,7 @@ from ledger.secretbox import SecretBox
 from ledger.stores import get_store, upsert_store
 from lnurl_gateway.btcpay_stores import StoreClients, seal_api_key, seal_webhook_secret
 from lnurl_gateway.greenfield import GreenfieldAuthError, GreenfieldClient, GreenfieldError
-from lnurl_gateway.reconcile import ReconcileResult, reconcile_all
+from lnurl_gateway.reconcile import Progress, ReconcileResult, reconcile_all
 from lnurl_gateway.webhooks import PAYOUT_EVENTS
 
 
@@ -77,11 +77,16 @@ async def connect_store(
 
 
 async def reconcile_stores(
-    engine: AsyncEngine, box: SecretBox, *, timeout: float, store_id: str | None = None
+    engine: AsyncEngine,
+    box: SecretBox,
+    *,
+    timeout: float,
+    store_id: str | None = None,
+    progress: Progress | None = None,
 ) -> list[ReconcileResult]:
-    """One full reconcile pass over one store, or every connected store."""
+    """One full reconcile pass over one store, or every connected store (none: empty list)."""
     clients = StoreClients(engine, box, timeout=timeout)
     try:
-        return await reconcile_all(engine, clients, store_id)
+        return await reconcile_all(engine, clients, store_id, progress=progress)
     finally:
         await clients.close()

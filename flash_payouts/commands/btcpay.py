@@ -9,7 +9,6 @@ from typing import TextIO
 
 from ledger.ingest import count_pending_events, sync_state
 from ledger.stores import list_stores
-from lnurl_gateway.btcpay_stores import StoreClients
 from lnurl_gateway.greenfield import (
     CAN_MODIFY_WEBHOOKS,
     CAN_VIEW_PAYOUTS,
@@ -17,10 +16,9 @@ from lnurl_gateway.greenfield import (
     GreenfieldError,
     GreenfieldNotFound,
 )
-from lnurl_gateway.reconcile import reconcile_all
 from lnurl_gateway.webhooks import WEBHOOK_PATH
 
-from ..connect import connect_store
+from ..connect import connect_store, reconcile_stores
 from ..runtime import open_ledger, secret_box
 from ..settings import load
 from . import CommandError
@@ -183,17 +181,17 @@ async def _sync(args: argparse.Namespace) -> int:
     engine = await open_ledger(settings)
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        clients = StoreClients(engine, box, timeout=settings.btcpay_timeout)
-        try:
-            if args.store and not await clients.targets(args.store):
-                raise CommandError(f"store {args.store!r} is not connected (see `btcpay stores`)")
-            results = await reconcile_all(
-                engine, clients, args.store, progress=bar.update if bar else None
-            )
-        finally:
-            await clients.close()
+        results = await reconcile_stores(
+            engine,
+            box,
+            timeout=settings.btcpay_timeout,
+            store_id=args.store,
+            progress=bar.update if bar else None,
+        )
     finally:
         await engine.dispose()
+    if args.store and not results:
+        raise CommandError(f"store {args.store!r} is not connected (see `btcpay stores`)")
     if bar is not None:
         bar.done()
     if not results:
