@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./flash-payouts.db"
 # A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
@@ -134,3 +138,36 @@ async def check_connection(engine: AsyncEngine, timeout: float = 5.0) -> None:
             await conn.execute(text("SELECT 1"))
 
     await asyncio.wait_for(ping(), timeout)
+
+
+# PostgreSQL: deadlock_detected, serialization_failure. Batches of payouts take their shared
+# rows (payment-hash locks, payouts, rollups, counters) in one sorted order, so two batches do
+# not deadlock each other; a single-payout write elsewhere (a card tap's transaction) still
+# takes its rows in its own order and can meet a batch in a cycle. The server then aborts one,
+# and running it again is the cure.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(orig or "")  # SQLite past its busy timeout
+
+
+async def in_transaction(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    attempts: int = 5,
+) -> T:
+    """Run ``work`` in one transaction, again from the start if the database aborted it."""
+    for attempt in range(attempts):
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            if attempt + 1 >= attempts or not is_retryable(exc):
+                raise
+        await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")

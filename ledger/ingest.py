@@ -7,18 +7,15 @@ restarts, and an event is in the queue exactly when it is in the ledger.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .payouts import one_of, record_event
 from .rollups import dialect_insert
@@ -28,8 +25,6 @@ events_t = PayoutEvent.__table__
 payouts_t = Payout.__table__
 stores_t = Store.__table__
 sync_t = SyncState.__table__
-
-T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -239,41 +234,6 @@ async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dic
         await conn.execute(select(*columns).where(one_of(conn, payouts_t.c.id, payout_ids)))
     ).all()
     return {row[0]: KnownPayout(*row[1:]) for row in rows}
-
-
-# --- transactions that may meet a deadlock ------------------------------------------------------
-
-# PostgreSQL: deadlock_detected, serialization_failure. Batches of payouts take their shared
-# rows (payment-hash locks, payouts, rollups, counters) in one sorted order, so two batches do
-# not deadlock each other; a single-payout write elsewhere (a card tap's transaction) still
-# takes its rows in its own order and can meet a batch in a cycle. The server then aborts one,
-# and running it again is the cure.
-_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-
-
-def is_retryable(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
-        return True
-    return "database is locked" in str(orig or "")  # SQLite past its busy timeout
-
-
-async def in_transaction(
-    engine: AsyncEngine,
-    work: Callable[[AsyncConnection], Awaitable[T]],
-    *,
-    attempts: int = 5,
-) -> T:
-    """Run ``work`` in one transaction, again from the start if the database aborted it."""
-    for attempt in range(attempts):
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        except DBAPIError as exc:
-            if attempt + 1 >= attempts or not is_retryable(exc):
-                raise
-        await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
-    raise AssertionError("unreachable")
 
 
 # --- webhook events, many in one statement ------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from Crypto.Cipher import AES
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from yarl import URL
 
@@ -45,6 +45,7 @@ from ledger.btcpay_cards import (
     UNIDENTIFIED,
     BtcpayIssuer,
 )
+from ledger.db import in_transaction
 from ledger.rollups import bump_counter
 from ledger.secretbox import SecretBox, SecretBoxError
 from ledger.taps import ACCEPTED
@@ -66,8 +67,7 @@ log = logging.getLogger("lnurl_gateway.btcpay_proxy")
 CALLBACK_PATH = "/boltcard/btcpay-callback"
 _TOKEN_CONTEXT = b"btcpay-proxy-callback"
 _MAX_ANSWER = 64 * 1024
-# PostgreSQL deadlock and serialisation failures: the transaction did nothing and may be rerun.
-_RETRYABLE = frozenset({"40P01", "40001"})
+# Tries at a transaction that PostgreSQL aborted to break a deadlock (ledger.db.in_transaction).
 _ATTEMPTS = 4
 T = TypeVar("T")
 
@@ -347,15 +347,7 @@ class BtcpayProxy:
         A tap's writes (card, tap, counters, the card's rollup) and a payout's link (rollup,
         card) meet on the same rows in opposite orders; the loser of such a race is rerun.
         """
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
-            except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE or attempt == _ATTEMPTS:
-                    raise
-                await asyncio.sleep(0.005 * attempt)
-        raise AssertionError("unreachable")
+        return await in_transaction(self.engine, work, attempts=_ATTEMPTS)
 
     def _callback_url(self, tap_id: int, btcpay_callback: str) -> str:
         document = {

@@ -23,13 +23,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.db import readonly
+from ledger.db import in_transaction, readonly
 from ledger.ingest import (
     KnownPayout,
     PendingEvent,
     SyncTarget,
     complete_events,
-    in_transaction,
     known_payouts,
     note_enrich_failure,
     pending_events,

@@ -23,10 +23,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.db import readonly
+from ledger.db import in_transaction, readonly
 from ledger.ingest import (
     KnownPayout,
-    in_transaction,
     known_payouts,
     sync_failed,
     sync_started,
