@@ -127,6 +127,11 @@ _COMPARED = (
 )
 
 
+def payment_hash_lock_key(payment_hash: str) -> int:
+    """The advisory lock key of a payment hash (a signed 32-bit value)."""
+    return zlib.crc32(payment_hash.encode()) - 2**31
+
+
 async def lock_payment_hash(conn: AsyncConnection, payment_hash: str | None) -> None:
     """Serialise the two sides that may link a payment hash (tap and payout) on PostgreSQL.
 
@@ -134,7 +139,7 @@ async def lock_payment_hash(conn: AsyncConnection, payment_hash: str | None) -> 
     uncommitted row, and neither would link. SQLite writers are serialised already.
     """
     if payment_hash and conn.dialect.name == "postgresql":
-        key = zlib.crc32(payment_hash.encode()) - 2**31
+        key = payment_hash_lock_key(payment_hash)
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
@@ -143,7 +148,7 @@ async def lock_payment_hashes(conn: AsyncConnection, hashes: Iterable[str | None
     order every batch uses, so two batches cannot each hold a lock the other waits for)."""
     if conn.dialect.name != "postgresql":
         return
-    keys = sorted({zlib.crc32(h.encode()) - 2**31 for h in hashes if h})
+    keys = sorted({payment_hash_lock_key(h) for h in hashes if h})
     if keys:
         await conn.execute(
             text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .payouts import lock_payment_hash
+from .payouts import lock_payment_hash, payment_hash_lock_key
 from .rollups import bump_card_rollup, bump_counter, dialect_insert
 from .schema import CardDaySpend, CardTap
 
@@ -394,3 +394,97 @@ async def tap_step(
         return None
     max_msat = row[2]
     return TapStep(int(row[0]), row[1], int(max_msat) if max_msat is not None else None)
+
+
+# --- the callback's checks and holds in one statement (PostgreSQL) ----------------------------
+
+# What a refused callback says, in the order of ``flash_callback_hold``'s ``p_reasons``
+# (migration 0003); ``%s`` is filled in the same way by Python and by PostgreSQL's format().
+CALLBACK_REASONS = (
+    "card no longer registered",
+    "card has been wiped",
+    "card is disabled",
+    "invoice amount %s msat is outside %s..%s msat",
+    "BTCPay unavailable: the card's store is not connected",
+    "invoice already claimed through another tap",
+    "over the card's day limit of %s sats",
+)
+(
+    REASON_CARD_GONE,
+    REASON_CARD_WIPED,
+    REASON_CARD_DISABLED,
+    REASON_AMOUNT,
+    REASON_NOT_CONNECTED,
+    REASON_DUPLICATE,
+    REASON_OVER_LIMIT,
+) = CALLBACK_REASONS
+_HOLD_SQL = (
+    "SELECT * FROM flash_callback_hold(%(k1_hash)s, %(now)s, %(amount)s, %(min_msat)s,"
+    " %(default_day_sats)s, %(bolt11)s, %(payment_hash)s, %(hash_fingerprint)s, %(lock_key)s,"
+    " %(day)s, %(reasons)s)"
+)
+
+
+@dataclass(frozen=True)
+class CallbackHold:
+    """What ``callback_hold`` did: ``verdict`` ``held``, a refusal outcome, or ``k1_*``."""
+
+    verdict: str
+    reason: str | None
+    tap_id: int | None
+    tap_uid: str | None
+    store_id: str | None
+    card_id: str | None
+    pull_payment_id: str | None
+    btcpay_url: str | None
+    card_tracking: bool
+
+
+async def callback_hold(
+    conn: AsyncConnection,
+    *,
+    k1_hash: str,
+    amount_msat: int,
+    min_msat: int,
+    default_day_limit_sats: int,
+    bolt11: str,
+    payment_hash: str,
+    hash_fingerprint: str,
+    now: datetime,
+) -> CallbackHold:
+    """The callback's whole database step on PostgreSQL, in one statement and one round trip.
+
+    ``held``: the k1 is used, the invoice held by this tap and the amount reserved. A refusal
+    verdict (``card_unusable``, ``invoice_refused``, ...): the k1 is used and the tap finished
+    with ``reason``. ``k1_unknown``, ``k1_used``, ``k1_expired``: nothing was written.
+    ``hash_fingerprint`` is kept instead of the payment hash when the store opted out.
+    """
+    row = (
+        await conn.exec_driver_sql(
+            _HOLD_SQL,
+            {
+                "k1_hash": k1_hash,
+                "now": now,
+                "amount": amount_msat,
+                "min_msat": min_msat,
+                "default_day_sats": default_day_limit_sats,
+                "bolt11": bolt11,
+                "payment_hash": payment_hash,
+                "hash_fingerprint": hash_fingerprint,
+                "lock_key": payment_hash_lock_key(payment_hash),
+                "day": now.date(),
+                "reasons": list(CALLBACK_REASONS),
+            },
+        )
+    ).one()
+    return CallbackHold(
+        verdict=row[0],
+        reason=row[1],
+        tap_id=int(row[2]) if row[2] is not None else None,
+        tap_uid=row[3],
+        store_id=row[4],
+        card_id=row[5],
+        pull_payment_id=row[6],
+        btcpay_url=row[7],
+        card_tracking=bool(row[8]),
+    )

@@ -174,7 +174,7 @@ class BoltcardGateway:
                 reason = f"replayed tap: counter {picc.counter} was already used"
                 return await self._refuse(REPLAY, reason, **who)
             max_msat = self._max_withdrawable_msat(card, found.reserved_msat)
-            min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
+            min_msat = self._min_msat()
             if max_msat < min_msat:
                 return await self._refuse(LIMIT, _LIMIT_REASON, **who)
             k1 = secrets.token_hex(_K1_LEN)
@@ -224,7 +224,7 @@ class BoltcardGateway:
             return None  # the long way records the bad MAC with the card's row
         now = datetime.now(UTC)
         k1 = secrets.token_hex(_K1_LEN)
-        min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
+        min_msat = self._min_msat()
         async with self._autocommit.connect() as conn:
             step = await ledger_taps.tap_step(
                 conn,
@@ -329,6 +329,8 @@ class BoltcardGateway:
         return await self._claim(held, invoice)
 
     async def _reserve(self, hashed_k1: str, invoice: DecodedInvoice) -> dict | _Held:
+        if self._one_statement:
+            return await self._reserve_in_one_statement(hashed_k1, invoice)
         amount = invoice.amount_msat
         assert amount is not None
         now = datetime.now(UTC)
@@ -336,11 +338,7 @@ class BoltcardGateway:
             tap = await ledger_taps.consume_k1(conn, hashed_k1, now=now)
             if tap is None:
                 state = await ledger_taps.k1_state(conn, hashed_k1, now=now)
-                return lud03_error(
-                    {"used": "k1 already used", "expired": "k1 has expired"}.get(
-                        state, "unknown k1"
-                    )
-                )
+                return lud03_error(_K1_REASONS.get(state, _K1_REASONS["unknown"]))
             found = await ledger_cards.get_tap_card(conn, tap.card_id) if tap.card_id else None
 
             async def refuse(outcome: str, reason: str) -> dict[str, str]:
@@ -350,31 +348,25 @@ class BoltcardGateway:
                 return lud03_error(reason)
 
             if found is None:
-                return await refuse(CARD_UNUSABLE, "card no longer registered")
+                return await refuse(CARD_UNUSABLE, ledger_taps.REASON_CARD_GONE)
             card = found.card
             if card.wiped_at is not None:
-                return await refuse(CARD_UNUSABLE, "card has been wiped")
+                return await refuse(CARD_UNUSABLE, ledger_taps.REASON_CARD_WIPED)
             if not card.enabled:
-                return await refuse(CARD_UNUSABLE, "card is disabled")
-            min_msat = max(1, self.settings.min_withdrawable_sats) * 1000
+                return await refuse(CARD_UNUSABLE, ledger_taps.REASON_CARD_DISABLED)
+            min_msat = self._min_msat()
             max_msat = tap.max_withdrawable_msat or 0
             if card.tx_limit_sats is not None:
                 max_msat = min(max_msat, card.tx_limit_sats * 1000)
             if not min_msat <= amount <= max_msat:
-                return await refuse(
-                    INVOICE_REFUSED,
-                    f"invoice amount {amount} msat is outside {min_msat}..{max_msat} msat",
-                )
+                reason = ledger_taps.REASON_AMOUNT % (amount, min_msat, max_msat)
+                return await refuse(INVOICE_REFUSED, reason)
             if not found.btcpay_url or not card.pull_payment_id:
-                return await refuse(
-                    BTCPAY_UNAVAILABLE, "BTCPay unavailable: the card's store is not connected"
-                )
-            # An opted-out store's taps must not be joinable to payouts by payment hash, so
-            # they keep a keyed fingerprint of it, still unique per invoice.
+                return await refuse(BTCPAY_UNAVAILABLE, ledger_taps.REASON_NOT_CONNECTED)
             kept_hash = (
                 invoice.payment_hash
                 if found.card_tracking
-                else self.box.fingerprint(bytes.fromhex(invoice.payment_hash), purpose=b"ph")
+                else self._hash_fingerprint(invoice.payment_hash)
             )
             day = now.date()
             if not await ledger_taps.hold_invoice(
@@ -387,14 +379,12 @@ class BoltcardGateway:
                 reserved_day=day,
                 now=now,
             ):
-                return await refuse(
-                    DUPLICATE_INVOICE, "invoice already claimed through another tap"
-                )
+                return await refuse(DUPLICATE_INVOICE, ledger_taps.REASON_DUPLICATE)
             limit = card.day_limit_sats
             if limit is None:
                 limit = self.settings.default_day_limit_sats
             if not await ledger_taps.reserve_day_spend(conn, card.id, day, amount, limit * 1000):
-                return await refuse(OVER_LIMIT, f"over the card's day limit of {limit} sats")
+                return await refuse(OVER_LIMIT, ledger_taps.REASON_OVER_LIMIT % limit)
             return _Held(
                 tap_id=tap.id,
                 tap_uid=tap.uid,
@@ -406,6 +396,50 @@ class BoltcardGateway:
                 amount_msat=amount,
                 day=day,
             )
+
+    async def _reserve_in_one_statement(
+        self, hashed_k1: str, invoice: DecodedInvoice
+    ) -> dict | _Held:
+        """``_reserve`` on PostgreSQL: the same checks and holds, made by the server in one
+        statement (``flash_callback_hold``), with the same reasons."""
+        amount = invoice.amount_msat
+        assert amount is not None
+        now = datetime.now(UTC)
+        async with self._autocommit.connect() as conn:
+            hold = await ledger_taps.callback_hold(
+                conn,
+                k1_hash=hashed_k1,
+                amount_msat=amount,
+                min_msat=self._min_msat(),
+                default_day_limit_sats=self.settings.default_day_limit_sats,
+                bolt11=invoice.payment_request,
+                payment_hash=invoice.payment_hash,
+                hash_fingerprint=self._hash_fingerprint(invoice.payment_hash),
+                now=now,
+            )
+        if hold.verdict != "held":
+            return lud03_error(hold.reason or _K1_REASONS[hold.verdict.removeprefix("k1_")])
+        assert hold.tap_id is not None and hold.store_id and hold.card_id
+        assert hold.pull_payment_id and hold.btcpay_url
+        return _Held(
+            tap_id=hold.tap_id,
+            tap_uid=hold.tap_uid,
+            store_id=hold.store_id,
+            card_id=hold.card_id,
+            pull_payment_id=hold.pull_payment_id,
+            btcpay_url=hold.btcpay_url,
+            card_tracking=hold.card_tracking,
+            amount_msat=amount,
+            day=now.date(),
+        )
+
+    def _min_msat(self) -> int:
+        return max(1, self.settings.min_withdrawable_sats) * 1000
+
+    def _hash_fingerprint(self, payment_hash: str) -> str:
+        # An opted-out store's taps must not be joinable to payouts by payment hash, so they
+        # keep a keyed fingerprint of it, still unique per invoice.
+        return self.box.fingerprint(bytes.fromhex(payment_hash), purpose=b"ph")
 
     async def _claim(self, held: _Held, invoice: DecodedInvoice) -> dict[str, Any]:
         client = self.client_for(held.btcpay_url)
@@ -450,6 +484,7 @@ class BoltcardGateway:
 
 
 _LIMIT_REASON = "card limit reached: nothing left to withdraw today"
+_K1_REASONS = {"used": "k1 already used", "expired": "k1 has expired", "unknown": "unknown k1"}
 _KNOWN_CARDS = 100_000  # cards whose keys a process keeps open; past that it starts over
 
 

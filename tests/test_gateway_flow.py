@@ -17,11 +17,19 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from btcpay_sim import SimConfig, start
-from ledger.schema import Boltcard, CardDaySpend, CardRollup, CardTap, Counter, Payout
+from ledger.schema import (
+    Boltcard,
+    CardDaySpend,
+    CardRollup,
+    CardTap,
+    Counter,
+    Payout,
+    Store,
+)
 from ledger.secretbox import SecretBox
 from ledger.stores import set_card_tracking, upsert_store
 from lnurl_gateway.app import REGISTRY, GatewayConfig, create_app
@@ -390,6 +398,48 @@ async def test_callback_refusals_have_their_own_reasons(gw: Setup) -> None:
     over = await gw.callback(k1, invoice(5001))
     assert "outside" in over["reason"]
     assert (await gw.callback(k1, invoice(100)))["reason"] == "k1 already used"
+    assert await gw.sim_payouts() == []
+
+
+async def test_a_card_changed_after_its_tap_is_refused_at_the_callback(gw: Setup) -> None:
+    """Each k1 was issued while the card was fine; what happened since decides the callback."""
+    added = await issue_card(gw, tx_limit_sats=5000)
+    card_id = added["card"]["id"]
+    k1s = [
+        (await gw.tap(*tap_of(added["programmer"], "04112233445566", n)))["k1"] for n in range(1, 5)
+    ]
+    answers = {"outside": await gw.callback(k1s[0], invoice(5001))}
+    await gw.registry.disable(card_id)
+    answers["disabled"] = await gw.callback(k1s[1], invoice(100))
+    await gw.registry.enable(card_id)
+    async with gw.engine.begin() as conn:
+        await conn.execute(update(Store).values(btcpay_url=None))
+    answers["disconnected"] = await gw.callback(k1s[2], invoice(100))
+    await gw.registry.wipe(card_id)
+    answers["wiped"] = await gw.callback(k1s[3], invoice(100))
+    assert {k: a["reason"] for k, a in answers.items()} == {
+        "outside": "invoice amount 5001000 msat is outside 1000..5000000 msat",
+        "disabled": "card is disabled",
+        "disconnected": "BTCPay unavailable: the card's store is not connected",
+        "wiped": "card has been wiped",
+    }
+    rows = await gw.rows(select(CardTap.outcome, CardTap.reason).order_by(CardTap.id))
+    assert [r["outcome"] for r in rows] == [
+        "invoice_refused",
+        "card_unusable",
+        "btcpay_unavailable",
+        "card_unusable",
+    ]
+    assert [r["reason"] for r in rows] == [a["reason"] for a in answers.values()]
+    counted = await gw.rows(select(Counter.label, Counter.value).where(Counter.name == "callbacks"))
+    assert {r["label"]: int(r["value"]) for r in counted} == {
+        "invoice_refused": 1,
+        "card_unusable": 2,
+        "btcpay_unavailable": 1,
+    }
+    # Every k1 is used up, and nothing was reserved or claimed.
+    assert (await gw.callback(k1s[0], invoice(100)))["reason"] == "k1 already used"
+    assert await gw.scalar(select(func.count()).select_from(CardDaySpend)) == 0
     assert await gw.sim_payouts() == []
 
 
