@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -340,6 +340,8 @@ async def upsert_payouts(
     source: str,
     event_type: str | None = None,
     events: Mapping[str, tuple[str, int]] | None = None,
+    links: Mapping[str, CardLink] | None = None,
+    deltas: RollupDeltas | None = None,
     now: datetime | None = None,
 ) -> list[UpsertResult]:
     """``upsert_payout`` for many payouts in one transaction, in a handful of statements.
@@ -347,6 +349,9 @@ async def upsert_payouts(
     The outcome is the one of calling ``upsert_payout`` for each record in turn: the same rows,
     audit rows, rollups and counters. ``events`` maps a payout id to the webhook event
     ``(event_type, event_id)`` whose row a change completes (the enrichment worker's case).
+    ``links`` maps a payout id to the card that collected it (``upsert_payout``'s ``card``).
+    With ``deltas`` the rollup and counter changes are added there for the caller to apply
+    with changes of its own; otherwise they are applied here, last.
     Results come back in the order of ``records``.
 
     Locks are taken in one order by every batch: payment hashes sorted, new payout ids sorted,
@@ -354,15 +359,29 @@ async def upsert_payouts(
     ``RollupDeltas``). Two batches therefore never wait on each other in a cycle.
     """
     now = now or utcnow()
-    deltas = RollupDeltas()
+    links = links or {}
+    own_deltas = deltas is None
+    deltas = deltas if deltas is not None else RollupDeltas()
     results: list[UpsertResult] = []
     for chunk in _distinct_runs(records):
         results.extend(
             await _upsert_distinct(
-                conn, chunk, deltas, source=source, event_type=event_type, events=events, now=now
+                conn,
+                chunk,
+                deltas,
+                source=source,
+                event_type=event_type,
+                events=events,
+                linked_elsewhere=links.keys(),
+                now=now,
             )
         )
-    await deltas.apply(conn)
+    if links:
+        linked = await link_payouts_to_cards(conn, list(links.items()), now=now)
+        for result in results:
+            result.linked = result.linked or result.payout_id in linked
+    if own_deltas:
+        await deltas.apply(conn)
     return results
 
 
@@ -481,6 +500,7 @@ async def _upsert_distinct(
     source: str,
     event_type: str | None,
     events: Mapping[str, tuple[str, int]] | None,
+    linked_elsewhere: Collection[str],
     now: datetime,
 ) -> list[UpsertResult]:
     await lock_payment_hashes(conn, [r.payment_hash for r in records])
@@ -531,7 +551,8 @@ async def _upsert_distinct(
         )
 
     await _audit_changes(conn, records, results, deltas, source, event_type, events or {}, now)
-    await _link_new_payouts_to_taps(conn, records, results, now)
+    waiting = [r for r in records if r.id not in linked_elsewhere]
+    await _link_new_payouts_to_taps(conn, waiting, results, now)
     return [results[r.id] for r in records]
 
 
@@ -676,6 +697,116 @@ async def link_payout_to_card(
         now=now,
     )
     return True
+
+
+async def link_payouts_to_cards(
+    conn: AsyncConnection,
+    links: Sequence[tuple[str, CardLink]],
+    *,
+    now: datetime | None = None,
+) -> set[str]:
+    """``link_payout_to_card`` for many payouts; returns the ids this call linked.
+
+    On PostgreSQL it takes five statements whatever the number of links, each reading its rows
+    from one JSON parameter. The card rows are written before the card rollups, the order the
+    tap step takes them in.
+    """
+    now = now or utcnow()
+    if conn.dialect.name != "postgresql":
+        linked = set()
+        for payout_id, card in links:
+            if await link_payout_to_card(conn, payout_id, card, now=now):
+                linked.add(payout_id)
+        return linked
+    if not links:
+        return set()
+    rows = [
+        {"payout_id": p, "card_id": c.card_id, "card_uid": c.card_uid, "tap_id": c.tap_id}
+        for p, c in sorted(links, key=lambda link: link[0])
+    ]
+    done = (
+        await conn.execute(text(_LINK_PAYOUTS_SQL), {"rows": _json_rows(rows), "now": now})
+    ).all()
+    if not done:
+        return set()
+    last_payout: dict[str, datetime] = {}
+    days: dict[tuple[str, date], list[Any]] = {}
+    for _, store_id, created_at, amount_sats, card_id, _ in done:
+        created_at = created_at.astimezone(UTC)
+        last_payout[card_id] = max(last_payout.get(card_id, created_at), created_at)
+        key = (card_id, created_at.date())
+        day = days.setdefault(key, [store_id, 0, 0, created_at, created_at])
+        day[1] += 1
+        day[2] += amount_sats or 0
+        day[3], day[4] = min(day[3], created_at), max(day[4], created_at)
+    cards = [{"card_id": c, "at": at} for c, at in sorted(last_payout.items())]
+    await conn.execute(text(_LAST_PAYOUT_SQL), {"rows": _json_rows(cards)})
+    rollups = [
+        {"card_id": c, "day": d, "store_id": v[0], "payouts": v[1], "amount_sats": v[2],
+         "first_at": v[3], "last_at": v[4]}
+        for (c, d), v in sorted(days.items())
+    ]  # fmt: skip
+    await conn.execute(text(_CARD_ROLLUPS_SQL), {"rows": _json_rows(rollups)})
+    taps = [{"tap_id": r[5], "payout_id": r[0]} for r in done if r[5] is not None]
+    if taps:
+        await conn.execute(text(_TAP_PAYOUT_SQL), {"rows": _json_rows(taps), "now": now})
+    events = [
+        {"store_id": r[1], "payout_id": r[0], "payload": {"cardId": r[4]}}
+        for r in sorted(done, key=lambda r: r[0])
+    ]
+    same = {
+        "source": "gateway",
+        "event_type": "CardLinked",
+        "state": None,
+        "revision": None,
+        "delivery_id": None,
+        "occurred_at": None,
+        "enrich_pending": False,
+        "enrich_attempts": 0,
+        "received_at": now,
+    }
+    await insert_rows(conn, events_t, events, None, ["id"], same)
+    return {r[0] for r in done}
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_scalar, separators=(",", ":"))
+
+
+_LINK_PAYOUTS_SQL = """
+UPDATE payouts AS p
+   SET card_id = v.card_id, card_uid = v.card_uid, tap_id = v.tap_id, updated_at = :now
+  FROM json_to_recordset(CAST(:rows AS JSON))
+       AS v(payout_id text, card_id text, card_uid text, tap_id bigint)
+ WHERE p.id = v.payout_id AND p.card_id IS NULL
+RETURNING p.id, p.store_id, p.created_at, p.amount_sats, v.card_id, v.tap_id
+"""
+_LAST_PAYOUT_SQL = """
+UPDATE boltcards AS b SET last_payout_at = v.at
+  FROM json_to_recordset(CAST(:rows AS JSON)) AS v(card_id text, at timestamptz)
+ WHERE b.id = v.card_id AND (b.last_payout_at IS NULL OR b.last_payout_at < v.at)
+"""
+_CARD_ROLLUPS_SQL = """
+INSERT INTO card_rollups (card_id, day, store_id, payouts, amount_sats, taps, refused_taps,
+                          first_used_at, last_used_at)
+SELECT v.card_id, v.day, v.store_id, v.payouts, v.amount_sats, 0, 0, v.first_at, v.last_at
+  FROM json_to_recordset(CAST(:rows AS JSON))
+       AS v(card_id text, day date, store_id text, payouts integer, amount_sats bigint,
+            first_at timestamptz, last_at timestamptz)
+ ORDER BY v.card_id, v.day
+ON CONFLICT (card_id, day) DO UPDATE SET
+       payouts = card_rollups.payouts + excluded.payouts,
+       amount_sats = card_rollups.amount_sats + excluded.amount_sats,
+       first_used_at = LEAST(COALESCE(card_rollups.first_used_at, excluded.first_used_at),
+                             excluded.first_used_at),
+       last_used_at = GREATEST(COALESCE(card_rollups.last_used_at, excluded.last_used_at),
+                               excluded.last_used_at)
+"""
+_TAP_PAYOUT_SQL = """
+UPDATE card_taps AS t SET payout_id = v.payout_id, updated_at = :now
+  FROM json_to_recordset(CAST(:rows AS JSON)) AS v(tap_id bigint, payout_id text)
+ WHERE t.id = v.tap_id AND t.payout_id IS NULL
+"""
 
 
 async def link_tap_to_payout(

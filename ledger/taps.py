@@ -10,14 +10,22 @@ Each security check that touches the database is one atomic statement:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .payouts import lock_payment_hash, payment_hash_lock_key
-from .rollups import bump_card_rollup, bump_counter, dialect_insert
+from .payouts import (
+    CardLink,
+    PayoutRecord,
+    UpsertResult,
+    lock_payment_hash,
+    payment_hash_lock_key,
+    upsert_payouts,
+)
+from .rollups import RollupDeltas, bump_card_rollup, bump_counter, dialect_insert
 from .schema import CardDaySpend, CardTap
 
 taps_t = CardTap.__table__
@@ -488,3 +496,49 @@ async def callback_hold(
         btcpay_url=row[7],
         card_tracking=bool(row[8]),
     )
+
+
+# --- payouts BTCPay created for held taps -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A payout BTCPay created for a tap's held invoice; ``link`` None for an opted-out store."""
+
+    record: PayoutRecord
+    tap_id: int
+    link: CardLink | None
+
+
+async def record_claims(
+    conn: AsyncConnection, claims: Sequence[Claim], *, now: datetime | None = None
+) -> list[UpsertResult]:
+    """Store each claimed payout under BTCPay's id, linked to its card and tap, and finish
+    each tap as paid; what ``upsert_payout`` and ``finish_tap`` do one claim at a time, in a
+    handful of statements whatever the number of claims. Results in the order of ``claims``.
+    """
+    now = now or utcnow()
+    deltas = RollupDeltas()
+    results = await upsert_payouts(
+        conn,
+        [claim.record for claim in claims],
+        source="gateway",
+        event_type="PayoutCreated",
+        links={c.record.id: c.link for c in claims if c.link is not None},
+        deltas=deltas,
+        now=now,
+    )
+    await conn.execute(
+        update(taps_t)
+        .where(taps_t.c.id == bindparam("_id"))
+        .values(outcome=PAID, reason=None, payout_id=bindparam("_payout_id"), updated_at=now),
+        [{"_id": c.tap_id, "_payout_id": c.record.id} for c in sorted(claims, key=_tap_order)],
+    )
+    for claim in claims:
+        deltas.counter(claim.record.store_id, "callbacks", PAID)
+    await deltas.apply(conn)
+    return results
+
+
+def _tap_order(claim: Claim) -> int:
+    return claim.tap_id

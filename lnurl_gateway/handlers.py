@@ -17,6 +17,7 @@ import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import cards as ledger_cards
 from ledger import taps as ledger_taps
-from ledger.payouts import CardLink, upsert_payout
+from ledger.batches import WriteBatcher
+from ledger.db import in_transaction
+from ledger.payouts import CardLink
 from ledger.secretbox import SecretBox
 
 from .boltcard import C_LEN, P_LEN, BadParam, parse_hex_param, verify_c
@@ -117,6 +120,10 @@ class BoltcardGateway:
         # On PostgreSQL the tap step is one statement in its own implicit transaction.
         self._one_statement = engine.dialect.name == "postgresql"
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # The payouts of concurrent callbacks are stored together (see _record_claims).
+        self._claims: WriteBatcher[ledger_taps.Claim, Exception | None] = WriteBatcher(
+            self._record_claims
+        )
 
     def __repr__(self) -> str:
         return f"BoltcardGateway(callback_url={self.settings.callback_url!r})"
@@ -465,14 +472,31 @@ class BoltcardGateway:
         record.payment_hash = invoice.payment_hash
         record.amount_sats = held.amount_msat // 1000
         link = CardLink(held.card_id, held.tap_uid, held.tap_id) if held.card_tracking else None
-        async with self.engine.begin() as conn:
-            await upsert_payout(
-                conn, record, source="gateway", event_type="PayoutCreated", card=link
-            )
-            await ledger_taps.finish_tap(
-                conn, held.tap_id, store_id=held.store_id, outcome=PAID, payout_id=record.id
-            )
+        failure = await self._claims.write(ledger_taps.Claim(record, held.tap_id, link))
+        if failure is not None:
+            raise failure
         return {"status": "OK"}
+
+    async def _record_claims(self, claims: list[ledger_taps.Claim]) -> list[Exception | None]:
+        """Claims BTCPay took meanwhile, stored together: one transaction, a handful of
+        statements. Should the batch fail, each is tried on its own, so that one claim's fault
+        is that claim's alone."""
+        try:
+            await in_transaction(self.engine, partial(ledger_taps.record_claims, claims=claims))
+            return [None] * len(claims)
+        except Exception as exc:
+            if len(claims) == 1:
+                return [exc]
+        failures: list[Exception | None] = []
+        for claim in claims:
+            try:
+                await in_transaction(
+                    self.engine, partial(ledger_taps.record_claims, claims=[claim])
+                )
+                failures.append(None)
+            except Exception as exc:
+                failures.append(exc)
+        return failures
 
     async def _release(self, held: _Held, outcome: str, reason: str) -> dict[str, str]:
         async with self.engine.begin() as conn:

@@ -12,7 +12,6 @@ enrichment worker, which fetches the payout from Greenfield. Redeliveries carry 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -25,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.batches import WriteBatcher
 from ledger.db import readonly
 from ledger.ingest import WebhookEvent, record_webhook_events, webhook_store
 from ledger.secretbox import SecretBox, SecretBoxError
@@ -52,46 +52,6 @@ def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(signature_of(secret, body).encode(), header.strip().encode())
 
 
-class _EventWriter:
-    """Writes the events of concurrent deliveries together.
-
-    Every event takes the same ``webhook_events`` counter row, whose lock is held until the
-    commit: written one transaction each, deliveries would queue on that row one fsync at a
-    time. Here one write is in flight at a time, and the events that arrive meanwhile go
-    together in the next (one statement and one commit on PostgreSQL, see
-    ``record_webhook_events``). Each delivery is answered when the write holding it committed.
-    """
-
-    def __init__(self, engine: AsyncEngine, max_batch: int = 500) -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self.waiting: list[tuple[WebhookEvent, asyncio.Future[int | None]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def write(self, event: WebhookEvent) -> int | None:
-        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self.waiting.append((event, future))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self.waiting:
-            batch = self.waiting[: self.max_batch]
-            del self.waiting[: self.max_batch]
-            try:
-                async with self.engine.begin() as conn:
-                    ids = await record_webhook_events(conn, [event for event, _ in batch])
-            except Exception as exc:  # each delivery answers 500; BTCPay sends it again
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), event_id in zip(batch, ids, strict=True):
-                if not future.done():  # a delivery whose sender hung up is cancelled
-                    future.set_result(event_id)
-
-
 class WebhookReceiver:
     def __init__(
         self,
@@ -107,7 +67,13 @@ class WebhookReceiver:
         self.on_queued = on_queued
         self.cache_seconds = cache_seconds
         self._secrets: dict[str, tuple[float, str | None]] = {}
-        self._writer = _EventWriter(engine)
+        # Every event bumps the same ``webhook_events`` counter row: concurrent deliveries are
+        # written together, one statement and one commit (see ``record_webhook_events``).
+        self._writer: WriteBatcher[WebhookEvent, int | None] = WriteBatcher(self._write_events)
+
+    async def _write_events(self, events: list[WebhookEvent]) -> list[int | None]:
+        async with self.engine.begin() as conn:
+            return await record_webhook_events(conn, events)
 
     async def _secret(self, store_id: str, *, fresh: bool = False) -> str | None:
         """The store's webhook secret, None for an unknown store.

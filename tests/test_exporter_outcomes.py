@@ -32,7 +32,8 @@ PROXY_CALLBACKS = ("CALLBACK_OK", "CALLBACK_REFUSED", "CALLBACK_ERROR")
 # Other upper-case text constants of those modules, which label nothing.
 NOT_OUTCOMES = {
     handlers: set(),
-    ledger_taps: {"CLAIMING"},
+    # The reasons' wording is not an outcome label.
+    ledger_taps: {"CLAIMING"} | {name for name in dir(ledger_taps) if name.startswith("REASON_")},
     proxy: {"ORIGIN", "SOURCE"},
 }
 

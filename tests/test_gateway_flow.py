@@ -28,6 +28,7 @@ from ledger.schema import (
     CardTap,
     Counter,
     Payout,
+    PayoutEvent,
     Store,
 )
 from ledger.secretbox import SecretBox
@@ -373,6 +374,49 @@ async def test_tap_and_callback_create_one_payout_linked_to_the_card(gw: Setup) 
     # The k1 is single use.
     again = await gw.callback(request["k1"], invoice(2100))
     assert again == {"status": "ERROR", "reason": "k1 already used"}
+
+
+async def test_concurrent_flows_are_each_stored_and_linked_to_their_card(gw: Setup) -> None:
+    """Callbacks answered together are stored together: each payout still gets its own card,
+    tap, rollups, audit rows and counters, as one at a time would give."""
+    uids = ["04000000000001", "04000000000002", "04000000000003"]
+    cards = [await issue_card(gw, uid=uid) for uid in uids]
+    flows = []
+    for counter in range(1, 5):
+        for card, uid in zip(cards, uids, strict=True):
+            request = await gw.tap(*tap_of(card["programmer"], uid, counter))
+            flows.append((card["card"]["id"], uid, request["k1"], 1000 * counter + len(flows)))
+    answers = await asyncio.gather(*(gw.callback(k1, invoice(sats)) for _, _, k1, sats in flows))
+    assert answers == [{"status": "OK"}] * len(flows)
+
+    at_sim = {p["destination"]: p["id"] for p in await gw.sim_payouts()}
+    assert len(at_sim) == len(flows)
+    payouts = {p["id"]: p for p in await gw.rows(select(Payout.__table__))}
+    taps = {t["id"]: t for t in await gw.rows(select(CardTap.__table__))}
+    assert set(payouts) == set(at_sim.values())
+    for payout in payouts.values():
+        tap = taps[payout["tap_id"]]
+        assert (tap["outcome"], tap["payout_id"]) == ("paid", payout["id"])
+        assert (payout["card_id"], payout["card_uid"]) == (tap["card_id"], tap["uid"])
+        assert payout["amount_sats"] * 1000 == tap["amount_msat"]
+    rollups = {
+        r["card_id"]: r
+        for r in await gw.rows(
+            select(CardRollup.card_id, CardRollup.payouts, CardRollup.amount_sats)
+        )
+    }
+    for card_id, _, _, _ in flows:
+        mine = [sats for c, _, _, sats in flows if c == card_id]
+        assert (rollups[card_id]["payouts"], rollups[card_id]["amount_sats"]) == (4, sum(mine))
+    assert await gw.scalar(select(func.count()).where(Boltcard.last_payout_at.is_(None))) == 0
+    events = await gw.rows(
+        select(PayoutEvent.event_type, func.count()).group_by(PayoutEvent.event_type)
+    )
+    assert {e["event_type"]: e["count"] for e in events} == {"PayoutCreated": 12, "CardLinked": 12}
+    counted = await gw.rows(select(Counter.name, Counter.label, Counter.value))
+    values = {(c["name"], c["label"]): int(c["value"]) for c in counted}
+    assert values[("callbacks", "paid")] == 12 and values[("payouts_created", "")] == 12
+    assert values[("sats_created", "")] == sum(sats for *_, sats in flows)
 
 
 async def test_callback_refusals_have_their_own_reasons(gw: Setup) -> None:
