@@ -71,4 +71,12 @@ async def serve(host: str, port: int, config: SimConfig | None = None) -> None:
 def run(listen: str, config: SimConfig | None = None) -> None:
     """Blocking entry point for `--listen HOST:PORT`."""
     host, _, port = listen.rpartition(":")
-    web.run_app(create_app(config), host=host or "127.0.0.1", port=int(port), access_log=None)
+    try:  # uvloop where it is built for the platform, as the project's own services run
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    web.run_app(
+        create_app(config), host=host or "127.0.0.1", port=int(port), access_log=None, loop=loop
+    )

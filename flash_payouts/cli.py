@@ -11,7 +11,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from . import __version__, commands
+from . import __version__, commands, loop
 from .commands import CommandError
 from .settings import ConfigError, add_arguments
 
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.handler(args)
         if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
+            result = loop.run(result)
         return int(result or 0)
     except (ConfigError, CommandError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -177,6 +177,12 @@ class BoltcardGateway:
             if keys.k2 is None or not verify_c(c, keys.k2, picc.uid, picc.counter):
                 return await self._refuse(BAD_MAC, "c is not this card's MAC (bad MAC)", **who)
             self._remember(card, picc, keys.k2)
+            if self._one_statement:
+                # The rest of the step in one statement; None leaves it to the steps below
+                # (a replay, or the card changed since it was read).
+                answer = await self._one_step(conn, card.id, card.key_version, picc, seen)
+                if answer is not None:
+                    return answer
             if not await ledger_cards.advance_counter(conn, card.id, picc.counter, now=now):
                 reason = f"replayed tap: counter {picc.counter} was already used"
                 return await self._refuse(REPLAY, reason, **who)
@@ -229,26 +235,32 @@ class BoltcardGateway:
             return None
         if not verify_c(c, known.k2, picc.uid, picc.counter):
             return None  # the long way records the bad MAC with the card's row
+        async with self._autocommit.connect() as conn:
+            return await self._one_step(conn, known.card_id, known.key_version, picc, seen)
+
+    async def _one_step(
+        self, conn: Any, card_id: str, key_version: int, picc: Any, seen: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The tap step after the MAC, in one statement (``ledger.taps.tap_step``)."""
         now = datetime.now(UTC)
         k1 = secrets.token_hex(_K1_LEN)
         min_msat = self._min_msat()
-        async with self._autocommit.connect() as conn:
-            step = await ledger_taps.tap_step(
-                conn,
-                card_id=known.card_id,
-                key_version=known.key_version,
-                counter=picc.counter,
-                uid=picc.uid_hex,
-                k1_hash=k1_hash(k1),
-                k1_expires_at=now + timedelta(seconds=self.settings.k1_ttl),
-                min_msat=min_msat,
-                default_tx_limit_sats=self.settings.default_tx_limit_sats,
-                default_day_limit_sats=self.settings.default_day_limit_sats,
-                limit_reason=_LIMIT_REASON,
-                remote_addr=seen["remote_addr"],
-                user_agent=seen["user_agent"],
-                now=now,
-            )
+        step = await ledger_taps.tap_step(
+            conn,
+            card_id=card_id,
+            key_version=key_version,
+            counter=picc.counter,
+            uid=picc.uid_hex,
+            k1_hash=k1_hash(k1),
+            k1_expires_at=now + timedelta(seconds=self.settings.k1_ttl),
+            min_msat=min_msat,
+            default_tx_limit_sats=self.settings.default_tx_limit_sats,
+            default_day_limit_sats=self.settings.default_day_limit_sats,
+            limit_reason=_LIMIT_REASON,
+            remote_addr=seen["remote_addr"],
+            user_agent=seen["user_agent"],
+            now=now,
+        )
         if step is None:
             return None
         if step.outcome != ACCEPTED:
