@@ -538,6 +538,14 @@ async def record_claims(
     """
     now = now or utcnow()
     deltas = RollupDeltas()
+    # The taps first: the card links below then find their tap's payout set already, and
+    # each tap row is written once.
+    await conn.execute(
+        update(taps_t)
+        .where(taps_t.c.id == bindparam("_id"))
+        .values(outcome=PAID, reason=None, payout_id=bindparam("_payout_id"), updated_at=now),
+        [{"_id": c.tap_id, "_payout_id": c.record.id} for c in sorted(claims, key=_tap_order)],
+    )
     results = await upsert_payouts(
         conn,
         [claim.record for claim in claims],
@@ -546,12 +554,6 @@ async def record_claims(
         links={c.record.id: c.link for c in claims if c.link is not None},
         deltas=deltas,
         now=now,
-    )
-    await conn.execute(
-        update(taps_t)
-        .where(taps_t.c.id == bindparam("_id"))
-        .values(outcome=PAID, reason=None, payout_id=bindparam("_payout_id"), updated_at=now),
-        [{"_id": c.tap_id, "_payout_id": c.record.id} for c in sorted(claims, key=_tap_order)],
     )
     for claim in claims:
         deltas.counter(claim.record.store_id, "callbacks", PAID)

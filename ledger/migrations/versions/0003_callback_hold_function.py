@@ -37,19 +37,25 @@ DECLARE
     v_kept text;
     v_limit bigint;
     v_reserved boolean;
+    v_held boolean;
     v_outcome text;
     v_reason text;
 BEGIN
-    -- The k1, once: of any number of concurrent callbacks one gets the row.
-    UPDATE card_taps AS ct SET k1_used_at = p_now, updated_at = p_now
-     WHERE ct.k1_hash = p_k1_hash AND ct.k1_used_at IS NULL AND ct.k1_expires_at > p_now
-    RETURNING ct.id, ct.store_id, ct.card_id, ct.uid, ct.max_withdrawable_msat INTO t;
+    -- The k1, once: its row locked, so of concurrent callbacks with it one goes on and the
+    -- others, once it committed, find it used.
+    SELECT ct.id, ct.store_id, ct.card_id, ct.uid, ct.max_withdrawable_msat, ct.k1_used_at,
+           ct.k1_expires_at
+      INTO t FROM card_taps AS ct WHERE ct.k1_hash = p_k1_hash FOR UPDATE;
     IF NOT FOUND THEN
-        SELECT CASE WHEN ct.k1_used_at IS NOT NULL THEN 'k1_used'
-                    WHEN ct.k1_expires_at <= p_now THEN 'k1_expired'
-                    ELSE 'k1_unknown' END
-          INTO o_verdict FROM card_taps AS ct WHERE ct.k1_hash = p_k1_hash;
-        o_verdict := COALESCE(o_verdict, 'k1_unknown');
+        o_verdict := 'k1_unknown';
+    ELSIF t.k1_used_at IS NOT NULL THEN
+        o_verdict := 'k1_used';
+    ELSIF t.k1_expires_at IS NULL THEN
+        o_verdict := 'k1_unknown';
+    ELSIF t.k1_expires_at <= p_now THEN
+        o_verdict := 'k1_expired';
+    END IF;
+    IF o_verdict IS NOT NULL THEN
         RETURN NEXT;
         RETURN;
     END IF;
@@ -78,6 +84,7 @@ BEGIN
         END IF;
     END IF;
 
+    v_held := false;
     IF v_outcome IS NULL THEN
         -- An opted-out store's taps keep a keyed fingerprint of the payment hash.
         v_kept := CASE WHEN c.card_tracking THEN p_payment_hash ELSE p_hash_fingerprint END;
@@ -87,10 +94,7 @@ BEGIN
                       AND h.id <> t.id) THEN
             v_outcome := 'duplicate_invoice'; v_reason := p_reasons[6];
         ELSE
-            UPDATE card_taps
-               SET bolt11 = p_bolt11, payment_hash = v_kept, amount_msat = p_amount,
-                   reserved_day = p_day, outcome = 'claiming', reason = NULL, updated_at = p_now
-             WHERE id = t.id;
+            v_held := true;
             v_limit := COALESCE(c.day_limit_sats, p_default_day_sats);
             v_reserved := false;
             IF p_amount <= v_limit * 1000 THEN
@@ -109,9 +113,16 @@ BEGIN
         END IF;
     END IF;
 
+    -- The tap's row written once: its k1 used, the invoice it holds, what became of it.
+    UPDATE card_taps
+       SET k1_used_at = p_now, updated_at = p_now,
+           bolt11 = CASE WHEN v_held THEN p_bolt11 ELSE bolt11 END,
+           payment_hash = CASE WHEN v_held THEN v_kept ELSE payment_hash END,
+           amount_msat = CASE WHEN v_held THEN p_amount ELSE amount_msat END,
+           reserved_day = CASE WHEN v_held THEN p_day ELSE reserved_day END,
+           outcome = COALESCE(v_outcome, 'claiming'), reason = v_reason
+     WHERE id = t.id;
     IF v_outcome IS NOT NULL THEN
-        UPDATE card_taps SET outcome = v_outcome, reason = v_reason, updated_at = p_now
-         WHERE id = t.id;
         INSERT INTO counters AS n (store_id, name, label, value)
         VALUES (COALESCE(t.store_id, ''), 'callbacks', v_outcome, 1)
         ON CONFLICT (store_id, name, label) DO UPDATE SET value = n.value + excluded.value;
