@@ -28,13 +28,14 @@ from .rollups import (
     bump_counter,
     dialect_insert,
 )
-from .schema import Boltcard, CardTap, Payout, PayoutEvent
+from .schema import Boltcard, CardDaySpend, CardTap, Payout, PayoutEvent
 from .status import COMPLETED, FAILED, status_of
 
 payouts_t = Payout.__table__
 events_t = PayoutEvent.__table__
 taps_t = CardTap.__table__
 cards_t = Boltcard.__table__
+spend_t = CardDaySpend.__table__
 
 
 def utcnow() -> datetime:
@@ -282,6 +283,8 @@ async def upsert_payout(
         result.linked = await link_payout_to_card(conn, record.id, card, now=now)
     elif result.created and record.payment_hash:
         result.linked = await _link_from_tap(conn, record.id, record.payment_hash, now=now)
+    if result.changed and result.status == FAILED:
+        await release_reservations(conn, [record.id], now=now)
     await deltas.apply(conn)
     return result
 
@@ -380,6 +383,9 @@ async def upsert_payouts(
         linked = await link_payouts_to_cards(conn, list(links.items()), now=now)
         for result in results:
             result.linked = result.linked or result.payout_id in linked
+    failed = [r.payout_id for r in results if r.changed and r.status == FAILED]
+    if failed:
+        await release_reservations(conn, failed, now=now)
     if own_deltas:
         await deltas.apply(conn)
     return results
@@ -807,6 +813,50 @@ UPDATE card_taps AS t SET payout_id = v.payout_id, updated_at = :now
   FROM json_to_recordset(CAST(:rows AS JSON)) AS v(tap_id bigint, payout_id text)
  WHERE t.id = v.tap_id AND t.payout_id IS NULL
 """
+
+
+async def release_reservations(
+    conn: AsyncConnection, payout_ids: Sequence[str], *, now: datetime | None = None
+) -> int:
+    """Give back the day-limit reservations of the taps whose payouts failed; returns how many.
+
+    A tap keeps ``reserved_day`` while its amount counts against the card's day; releasing
+    clears it in the same statement that finds it, so a reservation is given back once
+    however often its payout is reported failed.
+    """
+    if not payout_ids:
+        return 0
+    now = now or utcnow()
+    released = (
+        await conn.execute(
+            select(taps_t.c.id, taps_t.c.card_id, taps_t.c.reserved_day, taps_t.c.amount_msat)
+            .where(
+                one_of(conn, taps_t.c.payout_id, sorted(set(payout_ids))),
+                taps_t.c.reserved_day.is_not(None),
+                taps_t.c.card_id.is_not(None),
+                taps_t.c.amount_msat.is_not(None),
+            )
+            .order_by(taps_t.c.id)
+            .with_for_update()
+        )
+    ).all()
+    if not released:
+        return 0
+    await conn.execute(
+        update(taps_t)
+        .where(one_of(conn, taps_t.c.id, [row.id for row in released]))
+        .values(reserved_day=None, updated_at=now)
+    )
+    totals: dict[tuple[str, date], int] = {}
+    for _, card_id, day, amount_msat in released:
+        totals[(card_id, day)] = totals.get((card_id, day), 0) + int(amount_msat)
+    for (card_id, day), amount_msat in sorted(totals.items()):
+        await conn.execute(
+            update(spend_t)
+            .where(spend_t.c.card_id == card_id, spend_t.c.day == day)
+            .values(reserved_msat=spend_t.c.reserved_msat - amount_msat)
+        )
+    return len(released)
 
 
 async def link_tap_to_payout(

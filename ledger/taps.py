@@ -20,12 +20,14 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import status
 from .payouts import (
     CardLink,
     PayoutRecord,
     UpsertResult,
     lock_payment_hash,
     payment_hash_lock_key,
+    release_reservations,
     upsert_payouts,
 )
 from .rollups import RollupDeltas, bump_card_rollup, bump_counter, dialect_insert
@@ -555,6 +557,10 @@ async def record_claims(
         deltas=deltas,
         now=now,
     )
+    # A payout BTCPay reported failed before this write (its webhook came first) gives its
+    # reservation back now that its tap is known to be its.
+    already_failed = [r.payout_id for r in results if r.status == status.FAILED and not r.changed]
+    await release_reservations(conn, already_failed, now=now)
     for claim in claims:
         deltas.counter(claim.record.store_id, "callbacks", PAID)
     await deltas.apply(conn)

@@ -35,7 +35,9 @@ from ledger.secretbox import SecretBox
 from ledger.stores import set_card_tracking, upsert_store
 from lnurl_gateway.app import REGISTRY, GatewayConfig, create_app
 from lnurl_gateway.boltcard import make_tap
+from lnurl_gateway.greenfield import GreenfieldClient
 from lnurl_gateway.invoices import encode_invoice
+from lnurl_gateway.reconcile import reconcile_store
 from lnurl_gateway.registry import CardRegistry
 
 REAL_K1 = "0c3b25d92b38ae443229dd59ad34b85d"
@@ -524,6 +526,29 @@ async def test_btcpay_refusal_releases_the_reservation(gw: Setup) -> None:
     tap = (await gw.rows(select(CardTap.__table__)))[0]
     assert tap["outcome"] == "btcpay_refused"
     assert (await gw.callback(request["k1"], invoice(500)))["reason"] == "k1 already used"
+
+
+async def test_a_payout_cancelled_later_gives_its_day_reservation_back(gw: Setup) -> None:
+    added = await issue_card(gw, day_limit_sats=3000)
+    uid = "04112233445566"
+    first = await gw.tap(*tap_of(added["programmer"], uid, 1))
+    assert first["maxWithdrawable"] == 3_000_000
+    assert await gw.callback(first["k1"], invoice(2500)) == {"status": "OK"}
+    assert (await gw.tap(*tap_of(added["programmer"], uid, 2)))["maxWithdrawable"] == 500_000
+    # The merchant cancels the payout in BTCPay; the ledger learns it from a reconcile, twice.
+    payout_id = (await gw.sim_payouts())[0]["id"]
+    url = f"{gw.sim_url}/api/v1/stores/{gw.store_id}/payouts/{payout_id}"
+    async with gw.http.delete(url, headers=ADMIN) as resp:
+        assert resp.status == 200
+    client = GreenfieldClient(gw.sim_url, "admin-key", timeout=5, retries=0)
+    try:
+        for _ in range(2):
+            await reconcile_store(gw.engine, client, gw.store_id)
+    finally:
+        await client.close()
+    assert await gw.scalar(select(Payout.status)) == "Failed"
+    assert await gw.scalar(select(CardDaySpend.reserved_msat)) == 0
+    assert (await gw.tap(*tap_of(added["programmer"], uid, 3)))["maxWithdrawable"] == 3_000_000
 
 
 async def test_btcpay_down_answers_error_in_time_then_a_new_tap_goes_through(gw: Setup) -> None:
