@@ -239,7 +239,7 @@ async def upsert_payout(
 
     if inserted is not None:
         result = UpsertResult(record.id, True, True, None, record.status)
-        _count_created(deltas, record, now)
+        count_created(deltas, record, now)
     else:
         current = (
             (
@@ -322,7 +322,8 @@ def _update_values(
     }
 
 
-def _count_created(deltas: RollupDeltas, record: PayoutRecord, now: datetime) -> None:
+def count_created(deltas: RollupDeltas, record: PayoutRecord, now: datetime) -> None:
+    """The rollup and counter changes of a payout new to the ledger."""
     _count_payout(deltas, record, +1)
     deltas.counter(record.store_id, "payouts_created")
     deltas.counter(record.store_id, "sats_created", by=record.amount_sats or 0)
@@ -538,7 +539,7 @@ async def _upsert_distinct(
     for record in records:
         if record.id in inserted:
             results[record.id] = UpsertResult(record.id, True, True, None, record.status)
-            _count_created(deltas, record, now)
+            count_created(deltas, record, now)
             continue
         row = current[record.id]
         result = UpsertResult(record.id, False, False, row["status"], row["status"])
@@ -731,7 +732,7 @@ async def link_payouts_to_cards(
         for p, c in sorted(links, key=lambda link: link[0])
     ]
     done = (
-        await conn.execute(text(_LINK_PAYOUTS_SQL), {"rows": _json_rows(rows), "now": now})
+        await conn.execute(text(_LINK_PAYOUTS_SQL), {"rows": json_rows(rows), "now": now})
     ).all()
     if not done:
         return set()
@@ -746,16 +747,16 @@ async def link_payouts_to_cards(
         day[2] += amount_sats or 0
         day[3], day[4] = min(day[3], created_at), max(day[4], created_at)
     cards = [{"card_id": c, "at": at} for c, at in sorted(last_payout.items())]
-    await conn.execute(text(_LAST_PAYOUT_SQL), {"rows": _json_rows(cards)})
+    await conn.execute(text(_LAST_PAYOUT_SQL), {"rows": json_rows(cards)})
     rollups = [
         {"card_id": c, "day": d, "store_id": v[0], "payouts": v[1], "amount_sats": v[2],
          "first_at": v[3], "last_at": v[4]}
         for (c, d), v in sorted(days.items())
     ]  # fmt: skip
-    await conn.execute(text(_CARD_ROLLUPS_SQL), {"rows": _json_rows(rollups)})
+    await conn.execute(text(_CARD_ROLLUPS_SQL), {"rows": json_rows(rollups)})
     taps = [{"tap_id": r[5], "payout_id": r[0]} for r in done if r[5] is not None]
     if taps:
-        await conn.execute(text(_TAP_PAYOUT_SQL), {"rows": _json_rows(taps), "now": now})
+        await conn.execute(text(_TAP_PAYOUT_SQL), {"rows": json_rows(taps), "now": now})
     events = [
         {"store_id": r[1], "payout_id": r[0], "payload": {"cardId": r[4]}}
         for r in sorted(done, key=lambda r: r[0])
@@ -775,7 +776,8 @@ async def link_payouts_to_cards(
     return {r[0] for r in done}
 
 
-def _json_rows(rows: list[dict[str, Any]]) -> str:
+def json_rows(rows: Any) -> str:
+    """Rows as one JSON parameter, read on the server with json_to_recordset and the like."""
     return json.dumps(rows, default=_json_scalar, separators=(",", ":"))
 
 

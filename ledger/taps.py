@@ -25,6 +25,8 @@ from .payouts import (
     CardLink,
     PayoutRecord,
     UpsertResult,
+    count_created,
+    json_rows,
     lock_payment_hash,
     payment_hash_lock_key,
     release_reservations,
@@ -569,3 +571,56 @@ async def record_claims(
 
 def _tap_order(claim: Claim) -> int:
     return claim.tap_id
+
+
+_RECORD_CLAIM_SQL = (
+    "SELECT flash_record_claim(CAST(%(payout)s AS json), %(tap_id)s, %(linked)s, %(now)s,"
+    " CAST(%(rollups)s AS json), CAST(%(counters)s AS json))"
+)
+
+
+async def record_claim(conn: AsyncConnection, claim: Claim, *, now: datetime | None = None) -> bool:
+    """``record_claims`` for one payout new to the ledger, in one statement (PostgreSQL).
+
+    False when the payout is in the ledger already (its webhook came first): nothing was
+    written then, and ``record_claims`` is the way to store it. The rollup and counter changes
+    are computed here, as ``upsert_payouts`` computes them, and applied by the statement in
+    their sorted order.
+    """
+    now = now or utcnow()
+    record, link = claim.record, claim.link
+    deltas = RollupDeltas()
+    count_created(deltas, record, now)
+    deltas.counter(record.store_id, "callbacks", PAID)
+    payout = {
+        "id": record.id,
+        "created_at": record.created_at,
+        "updated_at": now,
+        "completed_at": now if record.status == status.COMPLETED else None,
+        **record.columns(),
+        "card_id": link.card_id if link else None,
+        "card_uid": link.card_uid if link else None,
+        "tap_id": link.tap_id if link else None,
+    }
+    rollups = [
+        {"store_id": k[0], "day": k[1], "status": k[2], "currency": k[3],
+         "count": v[0], "amount": v[1], "amount_sats": v[2]}
+        for k, v in sorted(deltas.payout_rollups.items())
+    ]  # fmt: skip
+    counters = [
+        {"store_id": k[0], "name": k[1], "label": k[2], "value": v}
+        for k, v in sorted(deltas.counters.items())
+    ]
+    row = await _one_row(
+        conn,
+        _RECORD_CLAIM_SQL,
+        {
+            "payout": json_rows(payout),
+            "tap_id": claim.tap_id,
+            "linked": link is not None,
+            "now": now,
+            "rollups": json_rows(rollups),
+            "counters": json_rows(counters),
+        },
+    )
+    return bool(row[0])

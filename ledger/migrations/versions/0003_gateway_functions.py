@@ -1,4 +1,4 @@
-"""The callback's checks and holds as one PostgreSQL function: one round trip per callback.
+"""The callback's two writes as PostgreSQL functions: one round trip each.
 
 ``flash_callback_hold`` does on the server, in one statement's transaction, what
 ``lnurl_gateway.handlers.BoltcardGateway._reserve`` does step by step on SQLite: consume the
@@ -6,6 +6,13 @@ k1, check the card, the amount and the store, hold the invoice under its payment
 reserve the amount against the day limit, and finish the tap with its reason when a check
 fails. The reasons' wording comes in as ``p_reasons`` (``ledger.taps.CALLBACK_REASONS``), so
 both paths say the same thing.
+
+``flash_record_claim`` stores the payout BTCPay created for a held tap, as
+``ledger.taps.record_claims`` does for a batch: the payout row with its card link, its audit
+rows, the card's rollup and last payout, the tap finished as paid, and the payout rollups and
+counters that Python computed (``RollupDeltas``, applied in their sorted order). When the
+payout is in the ledger already (its webhook came first) it writes nothing and returns false,
+and the caller takes the general path.
 
 Revision ID: 0003
 Revises: 0002
@@ -138,11 +145,86 @@ $fn$
 """
 
 
+_RECORD_CLAIM = """
+CREATE OR REPLACE FUNCTION flash_record_claim(
+    p_payout json, p_tap_id bigint, p_linked boolean, p_now timestamptz,
+    p_rollups json, p_counters json)
+RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r payouts%ROWTYPE;
+BEGIN
+    r := json_populate_record(NULL::payouts, p_payout);
+    INSERT INTO payouts (id, store_id, pull_payment_id, revision, state, status,
+                         original_amount, original_currency, payout_amount, payout_currency,
+                         amount_sats, payout_method_id, destination, payment_hash,
+                         transaction_id, payment_proof, metadata, error_message, card_id,
+                         card_uid, tap_id, created_at, completed_at, updated_at)
+    VALUES (r.id, r.store_id, r.pull_payment_id, r.revision, r.state, r.status,
+            r.original_amount, r.original_currency, r.payout_amount, r.payout_currency,
+            r.amount_sats, r.payout_method_id, r.destination, r.payment_hash,
+            r.transaction_id, COALESCE(r.payment_proof, 'null'::json),
+            COALESCE(r.metadata, 'null'::json), r.error_message, r.card_id, r.card_uid,
+            r.tap_id, r.created_at, r.completed_at, r.updated_at)
+    ON CONFLICT (id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO payout_events (store_id, payout_id, source, event_type, state, revision,
+                               delivery_id, payload, occurred_at, enrich_pending,
+                               enrich_attempts, received_at)
+    VALUES (r.store_id, r.id, 'gateway', 'PayoutCreated', r.state, r.revision, NULL,
+            'null'::json, NULL, false, 0, p_now);
+    IF p_linked THEN
+        UPDATE boltcards SET last_payout_at = r.created_at
+         WHERE id = r.card_id AND (last_payout_at IS NULL OR last_payout_at < r.created_at);
+        INSERT INTO card_rollups AS cr (card_id, day, store_id, payouts, amount_sats, taps,
+                                        refused_taps, first_used_at, last_used_at)
+        VALUES (r.card_id, (r.created_at AT TIME ZONE 'UTC')::date, r.store_id, 1,
+                COALESCE(r.amount_sats, 0), 0, 0, r.created_at, r.created_at)
+        ON CONFLICT (card_id, day) DO UPDATE SET
+               payouts = cr.payouts + excluded.payouts,
+               amount_sats = cr.amount_sats + excluded.amount_sats,
+               first_used_at = LEAST(COALESCE(cr.first_used_at, excluded.first_used_at),
+                                     excluded.first_used_at),
+               last_used_at = GREATEST(COALESCE(cr.last_used_at, excluded.last_used_at),
+                                       excluded.last_used_at);
+        INSERT INTO payout_events (store_id, payout_id, source, event_type, state, revision,
+                                   delivery_id, payload, occurred_at, enrich_pending,
+                                   enrich_attempts, received_at)
+        VALUES (r.store_id, r.id, 'gateway', 'CardLinked', NULL, NULL, NULL,
+                json_build_object('cardId', r.card_id), NULL, false, 0, p_now);
+    END IF;
+    UPDATE card_taps SET outcome = 'paid', reason = NULL, payout_id = r.id, updated_at = p_now
+     WHERE id = p_tap_id;
+    INSERT INTO payout_rollups AS pr (store_id, day, status, currency, count, amount,
+                                      amount_sats)
+    SELECT e.x->>'store_id', (e.x->>'day')::date, e.x->>'status', e.x->>'currency',
+           (e.x->>'count')::bigint, (e.x->>'amount')::numeric, (e.x->>'amount_sats')::bigint
+      FROM json_array_elements(p_rollups) WITH ORDINALITY AS e(x, n)
+     ORDER BY e.n  -- the caller's order: every writer takes these rows' locks in one order
+    ON CONFLICT (store_id, day, status, currency) DO UPDATE SET
+           count = pr.count + excluded.count,
+           amount = pr.amount + excluded.amount,
+           amount_sats = pr.amount_sats + excluded.amount_sats;
+    INSERT INTO counters AS n (store_id, name, label, value)
+    SELECT e.x->>'store_id', e.x->>'name', e.x->>'label', (e.x->>'value')::numeric
+      FROM json_array_elements(p_counters) WITH ORDINALITY AS e(x, n)
+     ORDER BY e.n
+    ON CONFLICT (store_id, name, label) DO UPDATE SET value = n.value + excluded.value;
+    RETURN true;
+END
+$fn$
+"""
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_FUNCTION)
+        op.execute(_RECORD_CLAIM)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS flash_record_claim")
         op.execute("DROP FUNCTION IF EXISTS flash_callback_hold")
