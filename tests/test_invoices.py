@@ -284,3 +284,14 @@ def test_fast_bit_conversion_equals_the_libraries_own(groups):
     from lnurl_gateway.invoices import u5_to_bitarray
 
     assert u5_to_bitarray(groups) == bit_utils.u5_to_bitarray(groups)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=31), max_size=700))
+def test_fast_checksum_equals_the_libraries_own(values):
+    import bech32
+
+    from lnurl_gateway import invoices
+
+    assert bech32.bech32_polymod is invoices.bech32_polymod  # installed in the package
+    assert invoices.bech32_polymod(values) == invoices._library_polymod(values)
