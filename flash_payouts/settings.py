@@ -93,7 +93,12 @@ OPTIONS: tuple[Option, ...] = (
         metavar="URL",
     ),
     Option(
-        "db_pool_size", 10, "Connections per process to PostgreSQL.", _non_negative_int, metavar="N"
+        "db_pool_size",
+        10,
+        "Connections per process to PostgreSQL, kept open; make it cover the requests a process"
+        " has in flight (beyond it, up to as many again are opened and closed per request).",
+        _non_negative_int,
+        metavar="N",
     ),
     Option(
         "gateway_listen",
