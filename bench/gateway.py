@@ -401,14 +401,11 @@ async def run(options: BenchOptions) -> list[Result]:
         rates, claim_rates, paid = [], [], 0
         for _ in range(rounds):
             _checkpoint(conninfo)
-            claim_rates.append(
-                await _sim_claims(
-                    sim_url, pp_id, [invoices.pop() for _ in range(n_flows)], IN_FLIGHT
-                )
-            )
+            straight = [invoices.pop() for _ in range(n_flows)]
+            claim_rates.append(await _sim_claims(sim_url, pp_id, straight, IN_FLIGHT))
             _checkpoint(conninfo)
-            mine = [invoices.pop() for _ in range(n_flows)]
-            seconds, ok = await _flows(bases, taps.make(n_flows), mine, IN_FLIGHT)
+            tapped = [invoices.pop() for _ in range(n_flows)]
+            seconds, ok = await _flows(bases, taps.make(n_flows), tapped, IN_FLIGHT)
             rates.append(ok / seconds)
             paid += ok
         flows = statistics.median(rates)
