@@ -24,12 +24,12 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import cards as ledger_cards
+from ledger import status as payout_status
 from ledger import taps as ledger_taps
 from ledger.batches import WriteBatcher
 from ledger.db import in_transaction
 from ledger.payouts import CardLink
 from ledger.secretbox import SecretBox
-from ledger.status import FAILED
 
 from .boltcard import C_LEN, P_LEN, BadParam, parse_hex_param, verify_c
 from .btcpay_proxy import handle_unmanaged_tap, proxy_configured
@@ -487,7 +487,7 @@ class BoltcardGateway:
         link = CardLink(held.card_id, held.tap_uid, held.tap_id) if held.card_tracking else None
         claim = ledger_taps.Claim(record, held.tap_id, link)
         # The usual case on PostgreSQL in one statement: a payout new to the ledger.
-        one_statement = self._one_statement and record.status != FAILED
+        one_statement = self._one_statement and record.status != payout_status.FAILED
         record_one = partial(ledger_taps.record_claim, claim=claim)
         if one_statement and await in_transaction(self._autocommit, record_one):
             return {"status": "OK"}
