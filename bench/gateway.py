@@ -379,22 +379,34 @@ async def run(options: BenchOptions) -> list[Result]:
 
         half = peak / 2
         count = min(n_taps, max(500, int(half * 5)))
-        _checkpoint(conninfo)
-        latencies, refused = await _open_loop(bases, taps.make(count), half)
-        open_p = percentiles(latencies)
+        p50s, p99s, refused = [], [], 0
+        for _ in range(3 if rounds > 1 else 1):
+            _checkpoint(conninfo)
+            latencies, round_refused = await _open_loop(bases, taps.make(count), half)
+            p50s.append(percentiles(latencies)["p50"])
+            p99s.append(percentiles(latencies)["p99"])
+            refused += round_refused
+        p99 = statistics.median(p99s)
         results.append(
-            Result(SUITE, "tap step p50 at half peak", "ms", open_p["p50"], size=f"{half:.0f}/s")
+            Result(
+                SUITE,
+                "tap step p50 at half peak",
+                "ms",
+                statistics.median(p50s),
+                size=f"{half:.0f}/s",
+            )
         )
         results.append(
             Result(
                 SUITE,
                 "tap step p99 at half peak",
                 "ms",
-                open_p["p99"],
+                p99,
                 size=f"{half:.0f}/s",
                 goal="< 20 ms",
-                met=open_p["p99"] < 20,
-                notes=f"{count} taps sent at a fixed rate; {refused} refused",
+                met=p99 < 20,
+                notes=f"median of {len(p99s)} runs of {count} taps sent at a fixed rate "
+                f"(p99 {', '.join(f'{v:.1f}' for v in p99s)} ms); {refused} refused",
             )
         )
 
