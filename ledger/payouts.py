@@ -358,6 +358,11 @@ async def upsert_payouts(
     with changes of its own; otherwise they are applied here, last.
     Results come back in the order of ``records``.
 
+    On PostgreSQL the gateway stores a payout new to the ledger with ``flash_record_claim``
+    (migration 0003), which writes what this function writes for it: a change to what a new
+    payout writes here must be made there too (in a new migration);
+    ``tests/test_claim_record.py`` compares the two.
+
     Locks are taken in one order by every batch: payment hashes sorted, new payout ids sorted,
     existing rows sorted by id, and the rollup and counter rows sorted at the very end (see
     ``RollupDeltas``). Two batches therefore never wait on each other in a cycle.
