@@ -22,12 +22,12 @@ from decimal import Decimal
 from bech32 import CHARSET
 from coincurve import PrivateKey
 
-# The gateway's module installs a faster bit unpacking into bolt11's decoder (same results,
-# see its ``u5_to_bitarray``); importing it here gives the simulator the same decoder.
-from lnurl_gateway.invoices import bolt11
+# The gateway's module installs faster bit unpacking and checksum into bolt11's decoder (same
+# results, see its ``u5_to_bitarray`` and ``bech32_polymod``); importing it here gives the
+# simulator the same decoder, and its minter the same checksum.
+from lnurl_gateway.invoices import bech32_polymod, bolt11
 
 _PREIMAGE_TAG = b"btcpay-sim/preimage"
-_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 # Tag type values in the bech32 alphabet (BOLT11 "tagged fields").
 _TAG_P = CHARSET.index("p")
 _TAG_S = CHARSET.index("s")
@@ -166,22 +166,7 @@ def _words_to_bytes(words: list[int]) -> bytes:
     return (number << (padded - bits)).to_bytes(padded // 8, "big")
 
 
-def _polymod_mask(top: int) -> int:
-    mask = 0
-    for i, generator in enumerate(_GENERATOR):
-        if (top >> i) & 1:
-            mask ^= generator
-    return mask
-
-
-# The bech32 polymod with one XOR mask per 5-bit top value: same result, a few times faster.
-_POLYMOD_MASK = tuple(_polymod_mask(top) for top in range(32))
-
-
 def _checksum(hrp: str, data: list[int]) -> list[int]:
     values = [ord(x) >> 5 for x in hrp] + [0] + [ord(x) & 31 for x in hrp] + data
-    chk = 1
-    for value in [*values, 0, 0, 0, 0, 0, 0]:
-        chk = (chk & 0x1FFFFFF) << 5 ^ value ^ _POLYMOD_MASK[chk >> 25]
-    polymod = chk ^ 1
+    polymod = bech32_polymod([*values, 0, 0, 0, 0, 0, 0]) ^ 1
     return [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
