@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -130,9 +131,19 @@ class Taps:
         return urls
 
 
-async def _connections(bases: list[str], count: int) -> list[Connection]:
-    """``count`` keep-alive connections, spread over ``bases`` in turn."""
-    return [await Connection.open(bases[i % len(bases)]) for i in range(count)]
+async def _on_connections(
+    bases: list[str], count: int, worker: Callable[[Connection], Awaitable[None]]
+) -> float:
+    """Run ``worker`` on each of ``count`` keep-alive connections, spread over ``bases`` in
+    turn and opened before the clock starts; the seconds until every worker is done."""
+    conns = [await Connection.open(bases[i % len(bases)]) for i in range(count)]
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(conn) for conn in conns))
+        return time.perf_counter() - start
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 async def _closed_loop(bases, paths, concurrency) -> tuple[float, list[float], int]:  # type: ignore[no-untyped-def]
@@ -140,7 +151,6 @@ async def _closed_loop(bases, paths, concurrency) -> tuple[float, list[float], i
     queue = list(reversed(paths))
     latencies: list[float] = []
     refused = 0
-    conns = await _connections(bases, concurrency)
 
     async def worker(conn: Connection) -> None:
         nonlocal refused
@@ -152,11 +162,7 @@ async def _closed_loop(bases, paths, concurrency) -> tuple[float, list[float], i
             if body.get("status") == "ERROR":
                 refused += 1
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(conn) for conn in conns))
-    seconds = time.perf_counter() - start
-    for conn in conns:
-        conn.close()
+    seconds = await _on_connections(bases, concurrency, worker)
     return seconds, latencies, refused
 
 
@@ -184,9 +190,9 @@ async def _open_loop(bases, paths, rate) -> tuple[list[float], int]:  # type: ig
         if body.get("status") == "ERROR":
             refused += 1
 
-    for conn in await _connections(bases, 2 * len(bases)):  # a few open before the clock
-        idle[bases.index(_base_of(conn, bases))].append(conn)
-        opened.append(conn)
+    for i in range(2 * len(bases)):  # a few open before the clock
+        opened.append(await Connection.open(bases[i % len(bases)]))
+        idle[i % len(bases)].append(opened[-1])
     tasks = []
     start = time.perf_counter()
     for i, path in enumerate(paths):
@@ -200,14 +206,9 @@ async def _open_loop(bases, paths, rate) -> tuple[list[float], int]:  # type: ig
     return latencies, refused
 
 
-def _base_of(conn: Connection, bases: list[str]) -> str:
-    return next(b for b in bases if b.endswith(conn.host.decode()))
-
-
 async def _flows(bases, taps: list[str], invoices: list[str], concurrency: int):  # type: ignore[no-untyped-def]
     queue = list(reversed(list(zip(taps, invoices, strict=True))))
     ok = 0
-    conns = await _connections(bases, concurrency)
 
     async def worker(conn: Connection) -> None:
         nonlocal ok
@@ -220,11 +221,7 @@ async def _flows(bases, taps: list[str], invoices: list[str], concurrency: int):
             if (await conn.get_json(f"/boltcard/callback?{query}")).get("status") == "OK":
                 ok += 1
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(conn) for conn in conns))
-    seconds = time.perf_counter() - start
-    for conn in conns:
-        conn.close()
+    seconds = await _on_connections(bases, concurrency, worker)
     return seconds, ok
 
 
@@ -282,7 +279,6 @@ async def _sql_baseline(conninfo: str, n: int, concurrency: int, tag: str) -> fl
 
 async def _sim_claims(sim_url: str, pp_id: str, invoices: list[str], concurrency: int) -> float:
     queue = list(invoices)
-    conns = await _connections([sim_url], concurrency)
     path = f"/api/v1/pull-payments/{pp_id}/payouts"
 
     async def worker(conn: Connection) -> None:
@@ -290,12 +286,7 @@ async def _sim_claims(sim_url: str, pp_id: str, invoices: list[str], concurrency
             pr = queue.pop()
             await conn.post_json(path, {"destination": pr, "payoutMethodId": "BTC-LN"})
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(conn) for conn in conns))
-    rate = len(invoices) / (time.perf_counter() - start)
-    for conn in conns:
-        conn.close()
-    return rate
+    return len(invoices) / await _on_connections([sim_url], concurrency, worker)
 
 
 async def run(options: BenchOptions) -> list[Result]:

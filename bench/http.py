@@ -44,9 +44,8 @@ class Connection(asyncio.Protocol):
         if end < 0:
             return
         head = bytes(self.buffer[:end]).lower()
-        start = head.find(b"content-length:") + len(b"content-length:")
-        length = int(head[start : head.find(b"\r\n", start) if b"\r\n" in head[start:] else None])
-        total = end + 4 + length
+        after = head.split(b"content-length:", 1)[1]
+        total = end + 4 + int(after.split(b"\r\n", 1)[0])
         if len(self.buffer) < total:
             return
         body = bytes(self.buffer[end + 4 : total])
