@@ -210,6 +210,9 @@ def preimage_and_hash() -> tuple[bytes, str]:
     return preimage, hashlib.sha256(preimage).hexdigest()
 
 
+_THOUSAND_BTC_MSAT = 10**14
+
+
 def encode_invoice(
     amount_msat: int | None,
     *,
@@ -226,6 +229,9 @@ def encode_invoice(
     currency = network_prefix(network)
     if amount_msat is not None and amount_msat <= 0:
         raise ValueError("amount_msat must be positive or None")
+    if amount_msat is not None and amount_msat % _THOUSAND_BTC_MSAT == 0:
+        # bolt11 2.2.0 writes these amounts 1,000 times too small ("lnbc1" for 1,000 BTC).
+        raise ValueError("bolt11 cannot encode whole multiples of 1,000 BTC")
     if payment_hash is None:
         payment_hash = preimage_and_hash()[1]
     tags = Tags()

@@ -219,8 +219,9 @@ def _bytes_to_u5(data: bytes) -> list[int]:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    # Up to 1,000 BTC: bolt11 2.2.0 mis-encodes some multi-million-BTC amounts.
-    amount=st.one_of(st.none(), st.integers(min_value=1, max_value=10**14)),
+    # Below 1,000 BTC: bolt11 2.2.0's encoder divides once too often for whole multiples of
+    # 1,000 BTC (10**14 msat becomes "lnbc1", 1 BTC), so the reference cannot encode them.
+    amount=st.one_of(st.none(), st.integers(min_value=1, max_value=10**14 - 1)),
     network=st.sampled_from(["mainnet", "testnet", "signet", "regtest"]),
     description=st.text(max_size=120),
     expiry=st.integers(min_value=1, max_value=10**7),
@@ -295,3 +296,10 @@ def test_fast_checksum_equals_the_libraries_own(values):
 
     assert bech32.bech32_polymod is invoices.bech32_polymod  # installed in the package
     assert invoices.bech32_polymod(values) == invoices._library_polymod(values)
+
+
+def test_an_amount_the_bolt11_encoder_would_write_wrongly_is_refused():
+    # bolt11 2.2.0 would write 1,000 BTC as "lnbc1" (1 BTC); the minter refuses instead.
+    with pytest.raises(ValueError, match="1,000 BTC"):
+        encode_invoice(10**14)
+    assert decode_invoice(encode_invoice(10**14 - 1000)).amount_msat == 10**14 - 1000
