@@ -93,7 +93,24 @@ def machine() -> str:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem = 0
-    return f"{platform.machine()}, {cpus} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+    model = _cpu_model()
+    return (
+        f"{platform.machine()}{f' ({model})' if model else ''}, {cpus} cores, {mem:.0f} GiB, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def _cpu_model() -> str | None:
+    """The processor's name where the system says it: figures differ from one model to the
+    next, so a result is read with it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def save(suite: str, results: list[Result]) -> Path:

@@ -33,6 +33,10 @@ def render() -> str:
         "cards) and reuses them when a later run loads the same way, so only the first run pays",
         "for the loads. The exporter and dashboard suites share one ledger per size.",
         "",
+        "Each suite names the machine it last ran on. Machines of one size differ by half or",
+        "more in speed, so two sections measured on different machines compare only through",
+        "their baselines.",
+        "",
     ]
     for suite in SUITES:
         path = RESULTS / f"{suite}.json"
