@@ -13,8 +13,10 @@ As in BTCPay Server 2.x:
   same URL as callback; with ``pr`` it claims a payout and only then stores the new counter,
   then waits (up to ``payment_wait`` seconds) for the payment before answering.
 
-Refusals are HTTP 400 with ``{"status": "ERROR", "reason"}``, BTCPay's shape. The package
-imports nothing of the project, so the few AES-CMAC lines are written out here.
+Refusals are HTTP 400 with ``{"status": "ERROR", "reason"}``, BTCPay's shape. The card crypto
+is written out here, not taken from the gateway, so that the gateway's is checked against a
+second reading of the spec; of the project, the package takes only the gateway's faster
+BOLT11 decoding (see ``invoices``).
 """
 
 from __future__ import annotations
