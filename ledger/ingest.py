@@ -209,8 +209,9 @@ class KnownPayout:
     pull_payment_id: str | None
 
 
-_KNOWN_COLUMNS = (
-    "revision",
+# The fields of a payout BTCPay may change (reconciling compares them); with the revision,
+# what the ledger reads back to decide whether an update is new.
+PAYOUT_FIELDS = (
     "state",
     "destination",
     "payment_hash",
@@ -223,6 +224,7 @@ _KNOWN_COLUMNS = (
     "transaction_id",
     "pull_payment_id",
 )
+_KNOWN_COLUMNS = ("revision", *PAYOUT_FIELDS)
 
 
 async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dict[str, KnownPayout]:

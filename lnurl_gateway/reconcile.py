@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db import in_transaction, readonly
 from ledger.ingest import (
+    PAYOUT_FIELDS,
     KnownPayout,
     known_payouts,
     sync_failed,
@@ -60,28 +61,12 @@ class ReconcileResult:
         return self.error is None
 
 
-# Compared to decide whether BTCPay's payout differs from the ledger's row at all.
-_FIELDS = (
-    "state",
-    "destination",
-    "payment_hash",
-    "amount_sats",
-    "original_amount",
-    "original_currency",
-    "payout_amount",
-    "payout_currency",
-    "payout_method_id",
-    "transaction_id",
-    "pull_payment_id",
-)
-
-
 def _differs(record: PayoutRecord, known: KnownPayout | None) -> bool:
     if known is None or record.revision > known.revision:
         return True
     if record.revision < known.revision:
         return False
-    return any(getattr(record, name) != getattr(known, name) for name in _FIELDS)
+    return any(getattr(record, name) != getattr(known, name) for name in PAYOUT_FIELDS)
 
 
 async def reconcile_store(
