@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .rollups import (
     COMPLETION_BUCKETS,
+    WIDEN_CARD_USE,
     RollupDeltas,
     bump_card_rollup,
     bump_counter,
@@ -799,7 +800,7 @@ UPDATE boltcards AS b SET last_payout_at = v.at
   FROM json_to_recordset(CAST(:rows AS JSON)) AS v(card_id text, at timestamptz)
  WHERE b.id = v.card_id AND (b.last_payout_at IS NULL OR b.last_payout_at < v.at)
 """
-_CARD_ROLLUPS_SQL = """
+_CARD_ROLLUPS_SQL = f"""
 INSERT INTO card_rollups (card_id, day, store_id, payouts, amount_sats, taps, refused_taps,
                           first_used_at, last_used_at)
 SELECT v.card_id, v.day, v.store_id, v.payouts, v.amount_sats, 0, 0, v.first_at, v.last_at
@@ -810,10 +811,7 @@ SELECT v.card_id, v.day, v.store_id, v.payouts, v.amount_sats, 0, 0, v.first_at,
 ON CONFLICT (card_id, day) DO UPDATE SET
        payouts = card_rollups.payouts + excluded.payouts,
        amount_sats = card_rollups.amount_sats + excluded.amount_sats,
-       first_used_at = LEAST(COALESCE(card_rollups.first_used_at, excluded.first_used_at),
-                             excluded.first_used_at),
-       last_used_at = GREATEST(COALESCE(card_rollups.last_used_at, excluded.last_used_at),
-                               excluded.last_used_at)
+       {WIDEN_CARD_USE}
 """
 _TAP_PAYOUT_SQL = """
 UPDATE card_taps AS t SET payout_id = v.payout_id, updated_at = :now

@@ -65,6 +65,16 @@ async def bump_payout_rollup(
     )
 
 
+# A card rollup's upsert widens the day's first and last use to take in the new row's
+# (PostgreSQL's spelling, for the statements written in SQL; ``bump_card_rollup`` builds it).
+WIDEN_CARD_USE = (
+    "first_used_at = LEAST(COALESCE(card_rollups.first_used_at, excluded.first_used_at),"
+    " excluded.first_used_at),"
+    " last_used_at = GREATEST(COALESCE(card_rollups.last_used_at, excluded.last_used_at),"
+    " excluded.last_used_at)"
+)
+
+
 async def bump_card_rollup(
     conn: AsyncConnection,
     *,

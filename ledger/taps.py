@@ -32,7 +32,13 @@ from .payouts import (
     release_reservations,
     upsert_payouts,
 )
-from .rollups import RollupDeltas, bump_card_rollup, bump_counter, dialect_insert
+from .rollups import (
+    WIDEN_CARD_USE,
+    RollupDeltas,
+    bump_card_rollup,
+    bump_counter,
+    dialect_insert,
+)
 from .schema import CardDaySpend, CardTap
 
 taps_t = CardTap.__table__
@@ -315,7 +321,7 @@ async def _one_row(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> A
 # check stays the conditional UPDATE at its head; the key version, enabled and wiped conditions
 # make it refuse whenever the caller's cached view of the card is stale, and the caller then
 # takes the step by step path, which finds and records the precise reason.
-_TAP_SQL = """
+_TAP_SQL = f"""
 WITH adv AS (
     UPDATE boltcards AS b
        SET last_counter = %(counter)s,
@@ -357,10 +363,7 @@ WITH adv AS (
     ON CONFLICT (card_id, day) DO UPDATE SET
            taps = card_rollups.taps + excluded.taps,
            refused_taps = card_rollups.refused_taps + excluded.refused_taps,
-           first_used_at = LEAST(COALESCE(card_rollups.first_used_at, excluded.first_used_at),
-                                 excluded.first_used_at),
-           last_used_at = GREATEST(COALESCE(card_rollups.last_used_at, excluded.last_used_at),
-                                   excluded.last_used_at)
+           {WIDEN_CARD_USE}
 ), cnt AS (
     INSERT INTO counters (store_id, name, label, value)
     SELECT tap.store_id, 'taps', tap.outcome, 1 FROM tap

@@ -32,8 +32,9 @@ PROXY_CALLBACKS = ("CALLBACK_OK", "CALLBACK_REFUSED", "CALLBACK_ERROR")
 # Other upper-case text constants of those modules, which label nothing.
 NOT_OUTCOMES = {
     handlers: set(),
-    # The reasons' wording is not an outcome label.
-    ledger_taps: {"CLAIMING"} | {name for name in dir(ledger_taps) if name.startswith("REASON_")},
+    # The reasons' wording is not an outcome label, nor is a piece of SQL.
+    ledger_taps: {"CLAIMING", "WIDEN_CARD_USE"}
+    | {name for name in dir(ledger_taps) if name.startswith("REASON_")},
     proxy: {"ORIGIN", "SOURCE"},
 }
 
