@@ -10,6 +10,7 @@ import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__, commands, loop
 from .commands import CommandError
@@ -18,10 +19,18 @@ from .settings import ConfigError, add_arguments
 PROG = "flash-payouts"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other failure of the command: the usage of a
+    command that takes every setting fills a screen and hides the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     settings_parent = argparse.ArgumentParser(add_help=False)
     add_arguments(settings_parent)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Boltcard and pull-payment payout monitor for BTCPay Server: a Boltcard "
         "LNURL-withdraw gateway, a payout ledger, a Prometheus exporter, Grafana dashboards "

@@ -15,6 +15,7 @@ import pytest
 
 from flash_payouts.generated import ROOT, generated_docs
 from flash_payouts.settings import OPTIONS, ConfigError, Settings, load
+from ledger import migrate
 
 KEY = "11" * 32
 
@@ -111,6 +112,36 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path, args, env, expected
     result = run_cli("serve", *args, env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["cards", "limits", "c1", "--tx-limit", "abc"], "'abc' is not a whole number of sats"),
+        (["cards", "wipe"], "the following arguments are required: card"),
+        (["no-such-command"], "invalid choice: 'no-such-command'"),
+        (["serve", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_command(tmp_path: Path, args, expected) -> None:
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert result.stderr.startswith("flash-payouts") and "--help" in result.stderr
+
+
+def test_migrating_to_an_unknown_revision_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    env = {"FLASH_MASTER_KEY": KEY}
+    first = run_cli("migrate", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    for extra in ([], ["--downgrade"]):
+        result = run_cli("migrate", "--revision", "nope", *extra, env=env, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "Can't locate revision identified by 'nope'" in result.stderr
+    url = f"sqlite+aiosqlite:///{tmp_path}/flash-payouts.db"
+    assert f"at revision {migrate.current_revision(url)}" in first.stdout
+    assert migrate.current_revision(url) is not None
 
 
 def test_serve_on_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:

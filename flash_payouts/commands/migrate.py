@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import alembic.util
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ledger import migrate
@@ -40,7 +41,8 @@ def _migrate(args: argparse.Namespace) -> int:
         else:
             migrate.upgrade(settings.database_url, args.revision)
         current = migrate.current_revision(settings.database_url)
-    except (OSError, DBAPIError, OperationalError) as exc:
+    except (OSError, DBAPIError, OperationalError, alembic.util.CommandError) as exc:
+        # alembic.util.CommandError: a revision that does not exist, or cannot be reached.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise CommandError(f"cannot migrate database {where}: {reason}") from None
     print(f"ledger {where} at revision {current or 'base (empty)'}")
