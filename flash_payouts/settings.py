@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ledger.db import DEFAULT_DATABASE_URL, DatabaseUrlError, parse_database_url
 
@@ -309,7 +310,23 @@ class Settings:
             raise ConfigError(str(exc)) from None
         for name in ("gateway_listen", "api_listen", "metrics_listen"):
             listen_address(getattr(self, name))
+        for name in ("public_url", "btcpay_url"):
+            value = getattr(self, name)
+            if value and not _is_http_url(value):
+                opt = _BY_NAME[name]
+                raise ConfigError(
+                    f"{opt.flag} ({opt.env}): {value!r} is not an http(s) URL "
+                    "(such as https://host.example)"
+                )
         return self
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, an unbalanced IPv6 bracket
+        return False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

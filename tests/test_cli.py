@@ -106,6 +106,8 @@ def test_unreachable_database_is_one_line_and_non_zero(tmp_path: Path) -> None:
         ([], {}, "no master key"),
         ([], {"FLASH_MASTER_KEY": "short"}, "master key unusable"),
         ([], {"FLASH_MASTER_KEY_FILE": "/nonexistent/key"}, "cannot read master key file"),
+        (["--public-url", "cards.example"], {"FLASH_MASTER_KEY": KEY}, "not an http(s) URL"),
+        ([], {"FLASH_MASTER_KEY": KEY, "FLASH_BTCPAY_URL": "https://x:port"}, "FLASH_BTCPAY_URL"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(tmp_path: Path, args, env, expected) -> None:
