@@ -190,7 +190,7 @@ def encode_cursor(sort: str, desc: bool, values: tuple[Any, ...]) -> str:
 def decode_cursor(raw: str, sort: str, desc: bool) -> tuple[Any, ...]:
     """The key values a cursor carries; 400 naming ``cursor`` when it is not one of ours or
     was made for another sort order."""
-    problem = "is malformed; use the nextCursor of a previous answer"
+    problem = "not a cursor this API gave; use the nextCursor of a previous answer"
     try:
         data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
@@ -198,7 +198,7 @@ def decode_cursor(raw: str, sort: str, desc: bool) -> tuple[Any, ...]:
     if not isinstance(data, list) or len(data) < 2 or data[0] not in _KEY_TYPES:
         raise bad_parameter("cursor", problem)
     if data[0] != sort or data[1] != ("desc" if desc else "asc"):
-        raise bad_parameter("cursor", "was made for another sort or order")
+        raise bad_parameter("cursor", "made for another sort or order; start again without it")
     kinds = _KEY_TYPES[sort]
     if len(data) != 2 + len(kinds):
         raise bad_parameter("cursor", problem)
