@@ -14,7 +14,11 @@ NETWORKS = ["bc", "tb", "tbs", "bcrt"]
 
 @settings(max_examples=150, deadline=None)
 @given(
-    amount=st.one_of(st.none(), st.integers(min_value=1, max_value=21 * 10**17)),
+    # Whole multiples of 1,000 BTC left out: bolt11 2.2.0 cannot write them (see test_invoices).
+    amount=st.one_of(
+        st.none(),
+        st.integers(min_value=1, max_value=21 * 10**17).filter(lambda msat: msat % 10**14),
+    ),
     network=st.sampled_from(NETWORKS),
     description=st.text(max_size=120),
     expiry=st.integers(min_value=1, max_value=10**8),
