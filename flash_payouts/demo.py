@@ -256,10 +256,6 @@ async def _set_up(
         )
     async with engine.begin() as conn:
         _info, state.token = await create_token(conn, state.store_id, "manager", "demo")
-    # The cards were issued as the command line issues them, beside the gateway: it learns
-    # new keys on an unknown tap at most once per key refresh interval. Wait that long, so the
-    # first taps are not refused as unreadable.
-    await asyncio.sleep(GatewayConfig.key_refresh_interval + 0.1)
 
 
 def _print_banner(

@@ -95,6 +95,7 @@ class Boltcard(Base):
         Index(None, "store_id", "created_at"),
         Index(None, "store_id", "last_payout_at"),
         Index(None, "k1_fingerprint"),
+        Index(None, "updated_at"),  # the gateway's key ring learns changed cards by it
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -27,7 +27,7 @@ from .handlers import (
     network_of,
     tap_handler,
 )
-from .registry import CardRegistry, KeyRing
+from .registry import REFRESH_INTERVAL, CardRegistry, KeyRing
 
 TAP_PATH = "/boltcard"
 CALLBACK_PATH = "/boltcard/callback"
@@ -47,8 +47,8 @@ class GatewayConfig:
     default_day_limit_sats: int = 1_000_000
     btcpay_timeout: float = 10.0
     default_description: str = "Boltcard withdrawal"
-    # Least seconds between reloads of the card keys after a tap no known key can read.
-    key_refresh_interval: float = 1.0
+    # Least seconds between loads of new card keys prompted by taps no known key can read.
+    key_refresh_interval: float = REFRESH_INTERVAL
 
     @property
     def base_url(self) -> str:

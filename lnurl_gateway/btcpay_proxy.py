@@ -469,6 +469,11 @@ def proxy_configured(app: web.Application) -> bool:
     return PROXY in app
 
 
+async def btcpay_reads(app: web.Application, p: bytes) -> bool:
+    """Whether the K1 of a BTCPay issuer the proxy knows reads ``p``."""
+    return await app[PROXY].read(p) is not None
+
+
 async def handle_unmanaged_tap(request: web.Request, p_hex: str, c_hex: str) -> web.Response:
     """A tap for a card the gateway does not manage: read it if BTCPay issued it, forward it."""
     return await request.app[PROXY].handle_tap(request, p_hex, c_hex)

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import secrets
 import string
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,7 @@ from ledger.payouts import CardLink
 from ledger.secretbox import SecretBox
 
 from .boltcard import C_LEN, P_LEN, BadParam, parse_hex_param, verify_c
-from .btcpay_proxy import handle_unmanaged_tap, proxy_configured
+from .btcpay_proxy import btcpay_reads, handle_unmanaged_tap, proxy_configured
 from .greenfield import (
     GreenfieldClient,
     GreenfieldError,
@@ -115,7 +116,6 @@ class BoltcardGateway:
         self.settings = settings
         self.ring = ring
         self.client_for = client_for
-        self._ring_lock = asyncio.Lock()
         # What a tap's card looks like once its MAC key has been opened (see _KnownCard).
         self._known: dict[tuple[str, bytes], _KnownCard] = {}
         # On PostgreSQL the tap step is one statement in its own implicit transaction.
@@ -269,18 +269,26 @@ class BoltcardGateway:
         assert step.max_withdrawable_msat is not None
         return self._withdraw_request(k1, min_msat, step.max_withdrawable_msat)
 
-    async def manages(self, p_hex: str | None) -> bool:
+    async def manages(
+        self, p_hex: str | None, *, read_elsewhere: Callable[[bytes], Awaitable[bool]]
+    ) -> bool:
         """Whether a tap is for a card this gateway manages; others may be BTCPay's own cards.
 
-        A malformed p counts as ours, to be refused here with its reason.
+        A malformed p counts as ours, to be refused here with its reason. A p that no key of
+        ours reads but ``read_elsewhere`` does (BTCPay's issuer) goes there without waiting
+        for new keys of ours.
         """
         try:
             p = parse_hex_param(p_hex or "", P_LEN, "p")
         except BadParam:
             return True
-        candidates = await self._candidates(p)
+        candidates = self.ring.candidates(p)
         if not candidates:
-            return False
+            if await read_elsewhere(p):
+                return False
+            candidates = await self._candidates(p)
+            if not candidates:
+                return False
         if any((fp, picc.uid) in self._known for fp, picc in candidates):
             return True
         lookup = [(uid_hash(self.box, picc.uid), fp) for fp, picc in candidates]
@@ -289,13 +297,10 @@ class BoltcardGateway:
 
     async def _candidates(self, p: bytes) -> list:
         found = self.ring.candidates(p)
-        if not found and self.ring.stale():
-            # A card added by another process (the command line, another replica) since the
-            # last load; the staleness interval bounds how often unknown taps cause a load.
-            async with self._ring_lock:
-                if self.ring.stale():
-                    async with self.engine.connect() as conn:
-                        await self.ring.load(conn)
+        if not found:
+            # Perhaps a card added by another process (the command line, another replica)
+            # since the last load: learn its keys before answering.
+            await self.ring.refresh(self.engine, asked_at=time.monotonic())
             found = self.ring.candidates(p)
         return found
 
@@ -584,7 +589,9 @@ def _json(body: dict[str, Any], status: int = 200) -> web.Response:
 async def tap_handler(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     query = request.rel_url.query
-    if proxy_configured(request.app) and not await gateway.manages(query.get("p")):
+    if proxy_configured(request.app) and not await gateway.manages(
+        query.get("p"), read_elsewhere=partial(btcpay_reads, request.app)
+    ):
         return await handle_unmanaged_tap(request, query.get("p") or "", query.get("c") or "")
     answer = await gateway.tap(
         query.get("p"),

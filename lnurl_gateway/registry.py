@@ -8,7 +8,9 @@ Nothing here ever logs a key; listings show a card's facts, never its keys.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ from .boltcard import (
     generate_keys,
 )
 
+# Least seconds between two loads of new card keys prompted by taps no known key reads: what
+# such a tap may wait, and what bounds the queries a flood of unreadable taps can cause.
+REFRESH_INTERVAL = 0.1
 ISSUED = "issued"
 IMPORTED = "imported"
 _KEY_NAMES = ("k0", "k1", "k2", "k3", "k4")
@@ -143,12 +148,12 @@ class KeyRing:
     The ring only grows: wiped cards keep their K1 so their taps are refused as wiped.
     """
 
-    def __init__(self, box: SecretBox, *, refresh_interval: float = 1.0) -> None:
+    def __init__(self, box: SecretBox, *, refresh_interval: float = REFRESH_INTERVAL) -> None:
         self._box = box
         self._ciphers: dict[str, Any] = {}
         self._since: datetime | None = None
-        self._loaded_at = 0.0
-        self._loaded = False
+        self._refresh_lock = asyncio.Lock()
+        self._refresh_started = -math.inf
         self.refresh_interval = refresh_interval
 
     def __len__(self) -> int:
@@ -175,14 +180,25 @@ class KeyRing:
         # A transaction committing late may carry an older updated_at: look back a minute.
         if newest is not None:
             self._since = newest - timedelta(seconds=60)
-        self._loaded_at = time.monotonic()
-        self._loaded = True
 
-    def stale(self) -> bool:
-        return not self._loaded or time.monotonic() - self._loaded_at >= self.refresh_interval
+    async def refresh(self, engine: AsyncEngine, *, asked_at: float) -> None:
+        """Learn the K1s of cards added since the last load, by a load that starts after
+        ``asked_at`` (``time.monotonic()``): a card committed before a tap arrived is then
+        known to it, whichever process added the card.
 
-    def invalidate(self) -> None:
-        self._loaded_at = 0.0
+        Taps no key reads wait for the same load, and loads start at least
+        ``refresh_interval`` apart, so a flood of unreadable taps costs the database one small
+        indexed query per interval, and each such tap at most that long.
+        """
+        async with self._refresh_lock:
+            if self._refresh_started >= asked_at:
+                return  # a load that started after the caller asked has finished meanwhile
+            wait = self._refresh_started + self.refresh_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._refresh_started = time.monotonic()
+            async with engine.connect() as conn:
+                await self.load(conn)
 
     def candidates(self, p: bytes) -> list[tuple[str, PiccData]]:
         """(K1 fingerprint, UID and counter) for every K1 under which ``p`` carries the tag."""

@@ -683,5 +683,45 @@ async def test_card_added_by_another_registry_is_found_on_its_first_tap(gw: Setu
     await other.import_card(
         gw.store_id, pull_payment_id=gw.pull_payment_id, uid=REAL_UID, k1=REAL_K1, k2=REAL_K2
     )
-    await asyncio.sleep(1.05)  # the gateway reloads keys at most once per refresh interval
     assert (await gw.tap(*REAL_TAPS[0][:2]))["tag"] == "withdrawRequest"
+
+
+UNREADABLE = "p is not a Boltcard message under any key this gateway knows"
+
+
+async def test_card_added_elsewhere_just_after_a_key_load_is_read_on_its_first_tap(
+    gw: Setup,
+) -> None:
+    # An unreadable tap has just made the gateway load new keys; a card imported by another
+    # process a moment later is still read on its first tap, not refused until a later load.
+    junk = await gw.tap("11" * 16, "22" * 8)
+    assert junk == {"status": "ERROR", "reason": UNREADABLE}
+    other = CardRegistry(gw.engine, gw.box, lnurlw_base="lnurlw://x/boltcard")
+    await other.import_card(
+        gw.store_id, pull_payment_id=gw.pull_payment_id, uid=REAL_UID, k1=REAL_K1, k2=REAL_K2
+    )
+    assert (await gw.tap(*REAL_TAPS[0][:2]))["tag"] == "withdrawRequest"
+
+
+async def test_a_flood_of_unreadable_taps_shares_a_few_key_loads(
+    gw: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = gw.registry.ring
+    loads = 0
+    load = ring.load
+
+    async def counted(conn: Any) -> None:
+        nonlocal loads
+        loads += 1
+        await load(conn)
+
+    monkeypatch.setattr(ring, "load", counted)
+    started = time.monotonic()
+    answers = await asyncio.gather(*(gw.tap(f"{i:032x}", "00" * 8) for i in range(1, 61)))
+    elapsed = time.monotonic() - started
+
+    assert answers == [{"status": "ERROR", "reason": UNREADABLE}] * 60
+    # Loads start at least one interval apart, and every tap waiting shares the next one.
+    assert 1 <= loads <= elapsed / ring.refresh_interval + 1, (loads, elapsed)
+    refused = select(func.count()).select_from(CardTap).where(CardTap.outcome == "bad_p")
+    assert await gw.scalar(refused) == 60
