@@ -638,6 +638,31 @@ async def test_gateway_cards_and_btcpay_cards_share_one_boltcard_endpoint(
     assert taps[1]["card_id"] == card_id(h.issuer_key, btcpay_card.uid)
 
 
+async def test_btcpay_card_taps_go_to_btcpay_without_waiting_for_new_keys_of_ours(
+    shared_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tap no key of the gateway reads would wait for a load of its new card keys; a tap that
+    # BTCPay's issuer reads is BTCPay's card, and goes on at once.
+    h = shared_harness
+    ring = h.app[REGISTRY].ring
+    loads = 0
+    load = ring.load
+
+    async def counted(conn: Any) -> None:
+        nonlocal loads
+        loads += 1
+        await load(conn)
+
+    monkeypatch.setattr(ring, "load", counted)
+    card = await h.new_card()
+    answers = [await h.tap(*card.tap()) for _ in range(5)]
+
+    assert [(status, body.get("tag")) for status, body in answers] == [(200, "withdrawRequest")] * 5
+    assert loads == 0
+    _, unreadable = await h.tap("11" * 16, "22" * 8)
+    assert unreadable["status"] == "ERROR" and loads == 1
+
+
 async def test_malformed_tap_parameters_get_an_lnurl_error_not_a_500(harness: Harness) -> None:
     for query in ("p=zz&c=00", "p=" + "0" * 31 + "&c=" + "0" * 16, "", "k1=abc"):
         status, answer = await harness.get(f"{harness.gateway_url}/boltcard?{query}")
