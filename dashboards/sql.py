@@ -56,8 +56,11 @@ _DAILY_RANGE = (
     "AND store_id IN ($store) AND status IN ($status)"
 )
 
-TREND_DAY = f"""
-SELECT $__timeGroupAlias(day, 1d),
+
+def _trend(period: str) -> str:
+    """Payouts by status per period; ``period`` is the time column's SELECT expression."""
+    return f"""
+SELECT {period},
        status AS metric,
        sum(count) AS value
   FROM grafana_payout_daily
@@ -66,25 +69,10 @@ SELECT $__timeGroupAlias(day, 1d),
  ORDER BY 1, 2
 """.strip()
 
-TREND_WEEK = f"""
-SELECT date_trunc('week', day)::timestamp AS "time",
-       status AS metric,
-       sum(count) AS value
-  FROM grafana_payout_daily
- WHERE {_DAILY_RANGE}
- GROUP BY 1, 2
- ORDER BY 1, 2
-""".strip()
 
-TREND_MONTH = f"""
-SELECT date_trunc('month', day)::timestamp AS "time",
-       status AS metric,
-       sum(count) AS value
-  FROM grafana_payout_daily
- WHERE {_DAILY_RANGE}
- GROUP BY 1, 2
- ORDER BY 1, 2
-""".strip()
+TREND_DAY = _trend("$__timeGroupAlias(day, 1d)")
+TREND_WEEK = _trend("date_trunc('week', day)::timestamp AS \"time\"")
+TREND_MONTH = _trend("date_trunc('month', day)::timestamp AS \"time\"")
 
 STATUS_DISTRIBUTION = f"""
 SELECT status AS "Status",
