@@ -100,7 +100,9 @@ def _seconds(duration: str) -> int:
 
 
 def _taps(outcome: str, window: str) -> str:
-    return f'sum by (store) (increase(flash_taps_total{{outcome="{outcome}"}}[{window}]))'
+    """Taps with ``outcome`` (a regular expression, such as ``a|b``) in ``window``, by store."""
+    match = "=~" if "|" in outcome else "="
+    return f'sum by (store) (increase(flash_taps_total{{outcome{match}"{outcome}"}}[{window}]))'
 
 
 def _tap_series(outcome: str, bad: str, good: str) -> dict[str, str]:
@@ -174,19 +176,33 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
             uid="flash-unknown-card-taps",
             title="Taps from unknown cards",
             group="boltcards",
-            value=_taps("unknown_card", t.unknown_card_window),
+            # unknown_card: a known key reads the tap but no card has its UID; bad_p: no key
+            # the gateway knows reads it at all (a card programmed elsewhere, or made up).
+            value=_taps("unknown_card|bad_p", t.unknown_card_window),
             op=">",
             threshold=t.unknown_card_taps,
             hold="0s",
             severity="warning",
             summary="Taps from cards no store knows",
             description=f"More than {t.unknown_card_taps} taps in {t.unknown_card_window} came "
-            "from cards the gateway does not know (store label '{{ $labels.store }}', empty "
-            "when no store recognised the card): probing, or cards not yet imported.",
+            "from cards the gateway does not know, or carried a p no key of it reads (store "
+            "label '{{ $labels.store }}', empty when no store recognised the card): probing, "
+            "or cards not yet imported.",
             dashboard_uid=CARDS_UID,
             panel_title="Refused taps",
             lookback_seconds=_seconds(t.unknown_card_window),
-            case=Case(_tap_series("unknown_card", "0+1x20", "0x20"), 20, {"store": "bad"}),
+            # Unreadable taps alone fire it (the unknown-card series stays flat); the good
+            # store's one stray unreadable tap does not.
+            case=Case(
+                {
+                    'flash_taps_total{store="bad",outcome="bad_p"}': "0+1x20",
+                    'flash_taps_total{store="bad",outcome="unknown_card"}': "0x20",
+                    'flash_taps_total{store="good",outcome="bad_p"}': "0x10 1x9",
+                    'flash_taps_total{store="good",outcome="unknown_card"}': "0x20",
+                },
+                20,
+                {"store": "bad"},
+            ),
         ),
         Rule(
             name="FlashCardTappingFast",
