@@ -12,6 +12,7 @@ from ledger import migrate
 from ledger.db import create_engine, parse_database_url
 from ledger.secretbox import SecretBox
 
+from .keys import KeyMismatch, ledger_box
 from .settings import ConfigError, Settings
 
 
@@ -65,3 +66,12 @@ def secret_box(settings: Settings) -> SecretBox:
         return SecretBox.from_text(settings.master_key_text())
     except ValueError as exc:
         raise ConfigError(f"master key unusable: {exc}") from None
+
+
+async def ledger_secret_box(box: SecretBox, engine: AsyncEngine) -> SecretBox:
+    """``box`` checked against the ledger and with the fingerprint keys the ledger keeps
+    (``flash_payouts.keys``); ConfigError when the master key does not open the ledger."""
+    try:
+        return await ledger_box(box, engine)
+    except KeyMismatch as exc:
+        raise ConfigError(str(exc)) from None

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.secretbox import SecretBox
 
-from .runtime import open_ledger, secret_box
+from .runtime import ledger_secret_box, open_ledger, secret_box
 from .settings import ConfigError, Settings, listen_address
 
 log = logging.getLogger("flash_payouts.serve")
@@ -90,6 +90,8 @@ async def run_services(
     engine = await open_ledger(settings)
     runners: list[web.AppRunner] = []
     try:
+        if box is not None:
+            box = await ledger_secret_box(box, engine)
         ctx = Context(settings, engine, box)
         urls: dict[str, str] = {}
         for name in services:

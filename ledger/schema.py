@@ -328,4 +328,14 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None]
 
 
+class KeyMaterial(Base):
+    """Keys the ledger keeps for itself, sealed under the master key (see flash_payouts.keys)."""
+
+    __tablename__ = "key_material"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
 metadata = Base.metadata

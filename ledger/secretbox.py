@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Mapping
 
 from Crypto.Cipher import AES
 
@@ -35,32 +36,50 @@ def _b64decode(text: str) -> bytes:
     return base64.b64decode(normalized, validate=True)
 
 
+def parse_master_key(text: str) -> bytes:
+    """A master key given as 64 hex characters or base64 (url-safe or not) of 32 bytes."""
+    value = (text or "").strip()
+    if len(value) == 2 * KEY_LEN and _HEX_DIGITS.issuperset(value):
+        return bytes.fromhex(value)
+    try:
+        key = _b64decode(value)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != KEY_LEN:
+        raise ValueError(
+            "the master key must be 64 hex characters or base64 of 32 bytes "
+            "(generate one with SecretBox.generate_key_text())"
+        )
+    return key
+
+
 class SecretBox:
-    """Seals and opens small secrets with one 32-byte master key."""
+    """Seals and opens small secrets with one 32-byte master key.
 
-    __slots__ = ("_key",)
+    Keyed fingerprints use a key per purpose, derived from the master key, unless
+    ``fingerprint_keys`` gives them: a ledger whose master key was rotated keeps the
+    fingerprint keys of its first master key (see ``flash_payouts.keys``), because a
+    fingerprint cannot be recomputed once the value it was made from is erased.
+    """
 
-    def __init__(self, master_key: bytes) -> None:
+    __slots__ = ("_fingerprint_keys", "_key")
+
+    def __init__(
+        self, master_key: bytes, *, fingerprint_keys: Mapping[bytes, bytes] | None = None
+    ) -> None:
         if not isinstance(master_key, bytes | bytearray) or len(master_key) != KEY_LEN:
             raise ValueError(f"the master key must be exactly {KEY_LEN} bytes")
         self._key = bytes(master_key)
+        self._fingerprint_keys = dict(fingerprint_keys) if fingerprint_keys is not None else None
+
+    def with_fingerprint_keys(self, keys: Mapping[bytes, bytes]) -> SecretBox:
+        """This master key, fingerprinting with ``keys`` (purpose to key)."""
+        return SecretBox(self._key, fingerprint_keys=keys)
 
     @classmethod
     def from_text(cls, text: str) -> SecretBox:
         """Read a master key given as 64 hex characters or base64 (url-safe or not) of 32 bytes."""
-        value = (text or "").strip()
-        if len(value) == 2 * KEY_LEN and _HEX_DIGITS.issuperset(value):
-            return cls(bytes.fromhex(value))
-        try:
-            key = _b64decode(value)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) != KEY_LEN:
-            raise ValueError(
-                "the master key must be 64 hex characters or base64 of 32 bytes "
-                "(generate one with SecretBox.generate_key_text())"
-            )
-        return cls(key)
+        return cls(parse_master_key(text))
 
     @staticmethod
     def generate_key_text() -> str:
@@ -115,8 +134,16 @@ class SecretBox:
         Used where a secret or personal value must be found by index without being stored:
         a card's UID (tap lookup), a card's K1 (which cards share it).
         """
-        subkey = hmac.new(self._key, b"flash-fingerprint\x00" + purpose, hashlib.sha256).digest()
-        return hmac.new(subkey, bytes(data), hashlib.sha256).hexdigest()
+        return hmac.new(self.fingerprint_key(purpose), bytes(data), hashlib.sha256).hexdigest()
+
+    def fingerprint_key(self, purpose: bytes) -> bytes:
+        """The key of one fingerprint purpose (to carry it over to a new master key)."""
+        if self._fingerprint_keys is None:
+            return hmac.new(self._key, b"flash-fingerprint\x00" + purpose, hashlib.sha256).digest()
+        try:
+            return self._fingerprint_keys[purpose]
+        except KeyError:
+            raise ValueError(f"no fingerprint key for purpose {purpose!r}") from None
 
     def __repr__(self) -> str:
         return "SecretBox(<key hidden>)"

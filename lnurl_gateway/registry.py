@@ -76,22 +76,22 @@ def k1_fingerprint(box: SecretBox, k1: bytes) -> str:
     return box.fingerprint(k1, purpose=b"k1")
 
 
-def _keys_context(card: str) -> bytes:
+def keys_context(card: str) -> bytes:
     return b"boltcards.keys_sealed:" + card.encode()
 
 
-def _issuer_context(store_id: str) -> bytes:
+def issuer_context(store_id: str) -> bytes:
     return b"stores.issuer_key_sealed:" + store_id.encode()
 
 
 def seal_keys(box: SecretBox, card: str, keys: SealedKeys) -> str:
-    return box.seal_text(json.dumps(keys.hex(), sort_keys=True), context=_keys_context(card))
+    return box.seal_text(json.dumps(keys.hex(), sort_keys=True), context=keys_context(card))
 
 
 def open_keys(box: SecretBox, card: CardRow) -> SealedKeys:
     if card.keys_sealed is None:
         return SealedKeys()
-    raw = json.loads(box.open_text(card.keys_sealed, context=_keys_context(card.id)))
+    raw = json.loads(box.open_text(card.keys_sealed, context=keys_context(card.id)))
     return SealedKeys(**{n: bytes.fromhex(raw[n]) if raw.get(n) else None for n in _KEY_NAMES})
 
 
@@ -175,7 +175,7 @@ class KeyRing:
                 newest = updated_at
             if fingerprint in self._ciphers:
                 continue
-            raw = json.loads(self._box.open_text(sealed, context=_keys_context(card)))
+            raw = json.loads(self._box.open_text(sealed, context=keys_context(card)))
             self._ciphers[fingerprint] = AES.new(bytes.fromhex(raw["k1"]), AES.MODE_ECB)
         # A transaction committing late may carry an older updated_at: look back a minute.
         if newest is not None:
@@ -249,18 +249,18 @@ class CardRegistry:
         store = await get_store(conn, store_id)
         assert store is not None
         if store.issuer_key_sealed is None:
-            sealed = self.box.seal(os.urandom(KEY_LEN), context=_issuer_context(store_id))
+            sealed = self.box.seal(os.urandom(KEY_LEN), context=issuer_context(store_id))
             await ledger_cards.set_issuer_key_if_absent(conn, store_id, sealed)
             store = await get_store(conn, store_id)
             assert store is not None and store.issuer_key_sealed is not None
-        return self.box.open(store.issuer_key_sealed, context=_issuer_context(store_id))
+        return self.box.open(store.issuer_key_sealed, context=issuer_context(store_id))
 
     async def set_issuer_key(self, store_id: str, issuer_key_hex: str) -> None:
         """Give a store a known issuer key (to re-create cards programmed elsewhere)."""
         key = _hex_bytes(issuer_key_hex, KEY_LEN, "issuer key")
         async with self.engine.begin() as conn:
             await self._ensure_store(conn, store_id)
-            sealed = self.box.seal(key, context=_issuer_context(store_id))
+            sealed = self.box.seal(key, context=issuer_context(store_id))
             if not await ledger_cards.set_issuer_key_if_absent(conn, store_id, sealed):
                 raise RegistryError(f"store {store_id} already has an issuer key")
 

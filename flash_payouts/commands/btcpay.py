@@ -19,7 +19,7 @@ from lnurl_gateway.greenfield import (
 from lnurl_gateway.webhooks import WEBHOOK_PATH
 
 from ..connect import connect_store, reconcile_stores
-from ..runtime import open_ledger, secret_box
+from ..runtime import ledger_secret_box, open_ledger, secret_box
 from ..settings import load
 from . import CommandError
 from .btcpay_issuer import register_issuer
@@ -87,6 +87,7 @@ async def _connect(args: argparse.Namespace) -> int:
     webhook_url = args.webhook_url or settings.gateway_base_url + WEBHOOK_PATH
     engine = await open_ledger(settings)
     try:
+        box = await ledger_secret_box(box, engine)
         connected = await connect_store(
             engine,
             box,
@@ -181,6 +182,7 @@ async def _sync(args: argparse.Namespace) -> int:
     engine = await open_ledger(settings)
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
+        box = await ledger_secret_box(box, engine)
         results = await reconcile_stores(
             engine,
             box,

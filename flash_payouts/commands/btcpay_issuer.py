@@ -16,7 +16,7 @@ from ledger.stores import get_store, upsert_store
 from lnurl_gateway.boltcard import KEY_LEN, issuer_k1
 from lnurl_gateway.btcpay_proxy import k1_fingerprint, seal_issuer_k1, seal_issuer_key
 
-from ..runtime import open_ledger, secret_box
+from ..runtime import ledger_secret_box, open_ledger, secret_box
 from ..settings import load
 from . import CommandError
 
@@ -65,6 +65,7 @@ async def _issuer(args: argparse.Namespace) -> int:
     box = secret_box(settings)
     engine = await open_ledger(settings)
     try:
+        box = await ledger_secret_box(box, engine)
         async with engine.begin() as conn:
             store = await get_store(conn, store_id)
             if store is None:

@@ -14,7 +14,7 @@ from typing import Any
 from lnurl_gateway.app import GatewayConfig, make_registry
 from lnurl_gateway.registry import CardRegistry, RegistryError
 
-from ..runtime import open_ledger, secret_box
+from ..runtime import ledger_secret_box, open_ledger, secret_box
 from ..settings import load
 from . import CommandError
 
@@ -119,6 +119,7 @@ async def _run(args: argparse.Namespace) -> int:
     box = secret_box(settings)
     engine = await open_ledger(settings)
     try:
+        box = await ledger_secret_box(box, engine)
         config = GatewayConfig(
             public_url=settings.gateway_base_url,
             default_tx_limit_sats=settings.default_tx_limit_sats,
