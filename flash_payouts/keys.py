@@ -68,16 +68,8 @@ async def ledger_box(box: SecretBox, engine: AsyncEngine) -> SecretBox:
     async with engine.connect() as conn:
         box = await _with_kept_keys(conn, box)
         for sealed in SEALED:
-            table = sealed.table.__table__
-            row = (
-                await conn.execute(
-                    select(table.c[sealed.key], table.c[sealed.column])
-                    .where(table.c[sealed.column].is_not(None))
-                    .limit(1)
-                )
-            ).first()
-            if row is not None:
-                _open(box, sealed, row[0], row[1])
+            for key, token in await _sealed_rows(conn, sealed, limit=1):
+                _open(box, sealed, key, token)
     return box
 
 
@@ -180,11 +172,15 @@ async def rotate(engine: AsyncEngine, old: SecretBox, new_key: bytes) -> Checked
     return Checked(counts)
 
 
-async def _sealed_rows(conn: AsyncConnection, sealed: SealedColumn) -> list[tuple[str, str]]:
+async def _sealed_rows(
+    conn: AsyncConnection, sealed: SealedColumn, *, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """(row id, sealed value) of the column's rows that hold a value, by row id."""
     table = sealed.table.__table__
     rows = await conn.execute(
         select(table.c[sealed.key], table.c[sealed.column])
         .where(table.c[sealed.column].is_not(None))
         .order_by(table.c[sealed.key])
+        .limit(limit)
     )
     return [(r[0], r[1]) for r in rows.all()]
