@@ -610,9 +610,22 @@ async def callback_handler(request: web.Request) -> web.Response:
 
 @web.middleware
 async def lud03_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Under /boltcard every answer is LUD-03 JSON: no HTML error page, no 500, no traceback."""
+    """Under /boltcard every answer is LUD-03 JSON: no HTML error page, no 500, no traceback.
+    Elsewhere on the listener (BTCPay's webhooks), an HTTP error is JSON as the webhook
+    receiver's own refusals are: ``{"error": code, "message": ...}``."""
     if not request.path.startswith("/boltcard"):
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            reason = exc.reason or "request not understood"
+            allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            return web.json_response(
+                {"error": reason.lower().replace(" ", "-"), "message": reason},
+                status=exc.status,
+                headers=allow,
+            )
     try:
         return await handler(request)
     except web.HTTPException as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,6 +22,7 @@ from ledger.ingest import count_pending_events
 from ledger.schema import Counter, Payout, PayoutEvent
 from ledger.secretbox import SecretBox
 from ledger.stores import upsert_store
+from lnurl_gateway.app import GatewayConfig, create_app
 from lnurl_gateway.btcpay_stores import StoreClients, seal_api_key, seal_webhook_secret
 from lnurl_gateway.enrich import Enricher
 from lnurl_gateway.greenfield import GreenfieldClient
@@ -167,6 +168,26 @@ async def test_unknown_store_is_404_and_bad_json_is_400_and_nothing_is_stored(
         status, answer = await post(receiver, garbage, signature_of(SECRET, garbage))
         assert status == 400, garbage
         assert "error" in answer
+    assert await event_count(engine) == 0
+
+
+async def test_the_gateway_listener_answers_wrong_paths_and_methods_in_json(
+    engine: AsyncEngine, box: SecretBox
+) -> None:
+    # Beside the Boltcard endpoints (LUD-03 errors), the listener's other answers to bad
+    # requests are JSON in the webhook receiver's shape, not aiohttp's text pages.
+    app = create_app(engine, box, GatewayConfig(public_url="http://gw.test", network="regtest"))
+    add_webhook_route(app, WebhookReceiver(engine, box))
+    async with TestClient(TestServer(app)) as client:
+        wrong_method = await client.get(WEBHOOK_PATH)
+        missing = await client.post("/webhooks/nowhere", data=b"{}")
+        assert wrong_method.status == 405 and wrong_method.headers["Allow"] == "POST"
+        assert await wrong_method.json() == {
+            "error": "method-not-allowed",
+            "message": "Method Not Allowed",
+        }
+        assert missing.status == 404
+        assert await missing.json() == {"error": "not-found", "message": "Not Found"}
     assert await event_count(engine) == 0
 
 
