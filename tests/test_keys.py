@@ -23,6 +23,7 @@ from test_gateway_flow import (
 )
 
 from flash_payouts.keys import FINGERPRINT_PURPOSES, SEALED, KeyMismatch, check, ledger_box, rotate
+from ledger.schema import metadata
 from ledger.secretbox import SecretBox
 from ledger.stores import set_issuer_keys, upsert_store
 from lnurl_gateway.app import create_app
@@ -151,6 +152,18 @@ def test_every_fingerprint_purpose_in_the_code_is_carried_over() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             used |= set(re.findall(r'purpose=b"([^"]+)"', path.read_text()))
     assert used and {p.encode() for p in used} <= set(FINGERPRINT_PURPOSES), used
+
+
+def test_every_sealed_column_of_the_schema_is_rotated() -> None:
+    # A sealed column missing from SEALED would keep values only the old key opens.
+    in_schema = {
+        (table.name, column.name)
+        for table in metadata.sorted_tables
+        for column in table.columns
+        if column.name.endswith("_sealed")
+    }
+    rotated = {(sealed.table.__table__.name, sealed.column) for sealed in SEALED}
+    assert in_schema == rotated
 
 
 def _cli(*args: str, key_file: Path, db: Path) -> subprocess.CompletedProcess[str]:
