@@ -172,6 +172,8 @@ def load(conninfo: str, payouts: int, cards: int) -> dict[str, int]:
         conn.commit()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+        # The load's dirty pages written now, not by the checkpointer while cases are timed.
+        conn.execute("CHECKPOINT")
     return row_counts(conninfo)
 
 
@@ -226,7 +228,7 @@ async def scrapes(
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     server = TestServer(create_app(engine, config), host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(access_log=None)
     url = f"http://127.0.0.1:{server.port}/metrics"
     headers = {"X-Prometheus-Scrape-Timeout-Seconds": "10"}
     try:
