@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from flash_payouts.loop import new_event_loop
+
 from . import boltcards, control, greenfield
 from .config import SimConfig
 from .errors import error_middleware
@@ -71,12 +73,10 @@ async def serve(host: str, port: int, config: SimConfig | None = None) -> None:
 def run(listen: str, config: SimConfig | None = None) -> None:
     """Blocking entry point for `--listen HOST:PORT`."""
     host, _, port = listen.rpartition(":")
-    try:  # uvloop where it is built for the platform, as the project's own services run
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
     web.run_app(
-        create_app(config), host=host or "127.0.0.1", port=int(port), access_log=None, loop=loop
+        create_app(config),
+        host=host or "127.0.0.1",
+        port=int(port),
+        access_log=None,
+        loop=new_event_loop(),  # uvloop where it is built, as the project's own services run
     )

@@ -16,7 +16,7 @@ As in BTCPay Server 2.x:
 Refusals are HTTP 400 with ``{"status": "ERROR", "reason"}``, BTCPay's shape. The card crypto
 is written out here, not taken from the gateway, so that the gateway's is checked against a
 second reading of the spec; of the project, the package takes only the gateway's faster
-BOLT11 decoding (see ``invoices``).
+BOLT11 decoding (see ``invoices``) and the event loop the services run on.
 """
 
 from __future__ import annotations
