@@ -25,6 +25,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from test_gateway_flow import count_loads
 from yarl import URL
 
 from btcpay_sim import InvoiceMinter, ProgressDelays, SimConfig, start
@@ -644,23 +645,14 @@ async def test_btcpay_card_taps_go_to_btcpay_without_waiting_for_new_keys_of_our
     # A tap no key of the gateway reads would wait for a load of its new card keys; a tap that
     # BTCPay's issuer reads is BTCPay's card, and goes on at once.
     h = shared_harness
-    ring = h.app[REGISTRY].ring
-    loads = 0
-    load = ring.load
-
-    async def counted(conn: Any) -> None:
-        nonlocal loads
-        loads += 1
-        await load(conn)
-
-    monkeypatch.setattr(ring, "load", counted)
+    loads = count_loads(h.app[REGISTRY].ring, monkeypatch)
     card = await h.new_card()
     answers = [await h.tap(*card.tap()) for _ in range(5)]
 
     assert [(status, body.get("tag")) for status, body in answers] == [(200, "withdrawRequest")] * 5
-    assert loads == 0
+    assert loads() == 0
     _, unreadable = await h.tap("11" * 16, "22" * 8)
-    assert unreadable["status"] == "ERROR" and loads == 1
+    assert unreadable["status"] == "ERROR" and loads() == 1
 
 
 async def test_malformed_tap_parameters_get_an_lnurl_error_not_a_500(harness: Harness) -> None:
