@@ -286,7 +286,7 @@ class BoltcardGateway:
         if not candidates:
             if await read_elsewhere(p):
                 return False
-            candidates = await self._candidates(p)
+            candidates = await self._candidates_after_refresh(p)
             if not candidates:
                 return False
         if any((fp, picc.uid) in self._known for fp, picc in candidates):
@@ -296,13 +296,13 @@ class BoltcardGateway:
             return await ledger_cards.find_tap_card(conn, lookup) is not None
 
     async def _candidates(self, p: bytes) -> list:
-        found = self.ring.candidates(p)
-        if not found:
-            # Perhaps a card added by another process (the command line, another replica)
-            # since the last load: learn its keys before answering.
-            await self.ring.refresh(self.engine, asked_at=time.monotonic())
-            found = self.ring.candidates(p)
-        return found
+        return self.ring.candidates(p) or await self._candidates_after_refresh(p)
+
+    async def _candidates_after_refresh(self, p: bytes) -> list:
+        # Perhaps a card added by another process (the command line, another replica) since
+        # the last load: learn its keys before answering.
+        await self.ring.refresh(self.engine, asked_at=time.monotonic())
+        return self.ring.candidates(p)
 
     def _max_withdrawable_msat(self, card: ledger_cards.CardRow, reserved_msat: int) -> int:
         tx_sats = card.tx_limit_sats
@@ -505,22 +505,19 @@ class BoltcardGateway:
         """Claims BTCPay took meanwhile, stored together: one transaction, a handful of
         statements. Should the batch fail, each is tried on its own, so that one claim's fault
         is that claim's alone."""
+        failure = await self._store_claims(claims)
+        if failure is None:
+            return [None] * len(claims)
+        if len(claims) == 1:
+            return [failure]
+        return [await self._store_claims([claim]) for claim in claims]
+
+    async def _store_claims(self, claims: list[ledger_taps.Claim]) -> Exception | None:
         try:
             await in_transaction(self.engine, partial(ledger_taps.record_claims, claims=claims))
-            return [None] * len(claims)
         except Exception as exc:
-            if len(claims) == 1:
-                return [exc]
-        failures: list[Exception | None] = []
-        for claim in claims:
-            try:
-                await in_transaction(
-                    self.engine, partial(ledger_taps.record_claims, claims=[claim])
-                )
-                failures.append(None)
-            except Exception as exc:
-                failures.append(exc)
-        return failures
+            return exc
+        return None
 
     async def _release(self, held: _Held, outcome: str, reason: str) -> dict[str, str]:
         async with self.engine.begin() as conn:
@@ -613,25 +610,23 @@ async def lud03_errors(request: web.Request, handler: Handler) -> web.StreamResp
     """Under /boltcard every answer is LUD-03 JSON: no HTML error page, no 500, no traceback.
     Elsewhere on the listener (BTCPay's webhooks), an HTTP error is JSON as the webhook
     receiver's own refusals are: ``{"error": code, "message": ...}``."""
-    if not request.path.startswith("/boltcard"):
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            reason = exc.reason or "request not understood"
-            allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            return web.json_response(
-                {"error": reason.lower().replace(" ", "-"), "message": reason},
-                status=exc.status,
-                headers=allow,
-            )
+    lnurl = request.path.startswith("/boltcard")
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json(lud03_error(exc.reason or "request not understood"), status=exc.status)
+        reason = exc.reason or "request not understood"
+        if lnurl:
+            return _json(lud03_error(reason), status=exc.status)
+        allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.json_response(
+            {"error": reason.lower().replace(" ", "-"), "message": reason},
+            status=exc.status,
+            headers=allow,
+        )
     except Exception:
+        if not lnurl:
+            raise
         log.exception("unexpected failure answering %s", request.path)
         return _json(lud03_error("the gateway could not handle this request; try again"))
