@@ -10,8 +10,13 @@ As in BTCPay Server 2.x:
   and answers ``{LNURLW, version, K0..K4}``;
 - ``GET /boltcard?p&c`` (or ``k1=p-c``) reads p with K1, checks the registration, the counter
   (strictly above the stored one) and c, then answers the pull payment's LNURL-withdraw with the
-  same URL as callback; with ``pr`` it claims a payout and only then stores the new counter,
-  then waits (up to ``payment_wait`` seconds) for the payment before answering.
+  same URL as callback. The tap itself never moves the stored counter. With ``pr`` (the
+  callback) BTCPay stores the new counter first, in the same statement that checks it and
+  before c is checked or anything is claimed: a callback BTCPay then refuses has used up its
+  tap. The checks that the pull payment auto-approves claims and that the store's payout
+  processor pays instantly come at the callback too, then the claim (with the invoice's amount,
+  and no BOLT11Expiration check: that is Greenfield's), then a wait of up to ``payment_wait``
+  seconds for the payment.
 
 Refusals are HTTP 400 with ``{"status": "ERROR", "reason"}``, BTCPay's shape. The card crypto
 is written out here, not taken from the gateway, so that the gateway's is checked against a
@@ -35,7 +40,8 @@ from Crypto.Hash import CMAC
 
 from . import money
 from .errors import APIError, ValidationFailed
-from .models import CANCELLED, COMPLETED, PayoutEvent, PullPayment
+from .invoices import InvalidInvoice, read_invoice
+from .models import CANCELLED, COMPLETED, LIGHTNING, PayoutEvent, PullPayment
 from .sim import SIMULATOR, Simulator
 
 _TAG_CARD_KEY = bytes.fromhex("2d003f75")
@@ -156,17 +162,22 @@ class BoltcardService:
             self.cards[card_id] = card
             return card
         if on_existing == UPDATE_VERSION:
-            # New keys: the card restarts counting, the old keys' MACs no longer verify.
+            # New keys, so the old keys' MACs no longer verify; the stored counter stays, as
+            # BTCPay's UPDATE leaves it (and the chip's own counter goes on counting).
             existing.version += 1
-            existing.counter = 0
-            existing.card_counter = 0
         existing.pull_payment_id = pull_payment_id
         return existing
 
     # --- taps ------------------------------------------------------------------------------
 
-    def read_tap(self, p_hex: str, c_hex: str) -> tuple[Registration, PullPayment, int]:
-        """The registration, its pull payment and the tap's counter, or TapRefused."""
+    def read_tap(
+        self, p_hex: str, c_hex: str, *, update_counter: bool
+    ) -> tuple[Registration, PullPayment, int]:
+        """The registration, its pull payment and the tap's counter, or TapRefused.
+
+        ``update_counter`` (the callback) stores the counter as BTCPay's conditional UPDATE
+        does, before c is checked: the order of UIBoltcardController.GetWithdrawRequest.
+        """
         p, c = _hex(p_hex, 16), _hex(c_hex, 8)
         if p is None or c is None:
             raise TapRefused("Invalid PICCData")
@@ -177,22 +188,18 @@ class BoltcardService:
         card = self.cards.get(self.issuer.card_id(uid))
         if card is None or counter <= card.counter:
             raise TapRefused("Replayed or expired query")
+        if update_counter:
+            card.counter = counter
         keys = self.issuer.card_keys(card.uid, card.version, card.pull_payment_id)
         if not hmac.compare_digest(sun_mac(keys.k2, uid, counter), c):
             raise TapRefused("Replayed or expired query")
         pull_payment = self.sim.state.pull_payments.get(card.pull_payment_id)
         if pull_payment is None:
             raise TapRefused("Pull payment not found")
-        if not pull_payment.auto_approve_claims or not self.sim.config.auto_progress:
-            raise TapRefused(
-                "This pull payment must auto-approve claims and the store needs a Lightning "
-                "payout processor paying instantly"
-            )
         return card, pull_payment, counter
 
     def withdraw_request(self, pull_payment: PullPayment, callback: str, k1: str) -> dict:
-        remaining = max(Decimal(0), pull_payment.amount - pull_payment.claimed)
-        max_msat = int(money.to_msat(remaining, pull_payment.currency))
+        max_msat = self._remaining_msat(pull_payment)
         return {
             "tag": "withdrawRequest",
             "callback": callback,
@@ -204,20 +211,41 @@ class BoltcardService:
             "currentBalance": max_msat,
         }
 
-    async def claim(self, card: Registration, counter: int, pr: str) -> dict:
+    def _remaining_msat(self, pull_payment: PullPayment) -> int:
+        remaining = max(Decimal(0), pull_payment.amount - pull_payment.claimed)
+        return int(money.to_msat(remaining, pull_payment.currency))
+
+    async def claim(self, pull_payment: PullPayment, pr: str) -> dict:
+        """The callback's claim, as BTCPay's pull-payment LNURL-withdraw makes it."""
         try:
-            payout = self.sim.book.claim(card.pull_payment_id, pr, None, "BTC-LN")
+            invoice = read_invoice(pr)
+        except InvalidInvoice:
+            invoice = None
+        if invoice is None or invoice.network != self.sim.config.network:
+            raise TapRefused("Payment request was not a valid BOLT11")
+        max_msat = self._remaining_msat(pull_payment)
+        min_msat = min(1000, max_msat)
+        if invoice.amount_msat is None or not min_msat <= invoice.amount_msat <= max_msat:
+            raise TapRefused(
+                f"Payment request was not within bounds ({min_msat // 1000} - "
+                f"{max_msat // 1000} sats)"
+            )
+        if not pull_payment.auto_approve_claims or not self.sim.config.auto_progress:
+            raise TapRefused(
+                "This pull payment must auto-approve claims and the store needs a Lightning "
+                "payout processor paying instantly"
+            )
+        amount = money.from_msat(invoice.amount_msat, pull_payment.currency)
+        try:
+            payout = self.sim.book.create(pull_payment, invoice, pr, amount, LIGHTNING)
         except (APIError, ValidationFailed) as exc:
-            raise TapRefused(_message(exc)) from exc
-        # The claim stands: only now does the stored counter move, so a refused claim leaves
-        # the tap usable with another invoice.
-        card.counter = max(card.counter, counter)
+            raise TapRefused("Payment request could not be paid") from exc
         self.count("claims")
         state = await self._wait_for_payment(payout.id, payout.state)
         if state == COMPLETED:
             return {"status": "OK"}
         if state == CANCELLED:
-            raise TapRefused("The payment failed")
+            raise TapRefused("Payment request could not be paid")
         return {"status": "OK", "reason": "The payment is in progress"}
 
     async def _wait_for_payment(self, payout_id: str, state: str) -> str:
@@ -274,12 +302,6 @@ def _hex(value: str | None, nbytes: int) -> bytes | None:
     if not value or len(value) != 2 * nbytes or not _HEX.match(value):
         return None
     return bytes.fromhex(value)
-
-
-def _message(exc: APIError | ValidationFailed) -> str:
-    if isinstance(exc, APIError):
-        return exc.message
-    return "; ".join(str(e["message"]) for e in exc.errors)
 
 
 def _base_url(request: web.Request) -> str:
@@ -347,18 +369,18 @@ async def boltcard_tap(request: web.Request) -> web.Response:
         if len(parts) != 2:
             return _refuse("Missing p, c, or k1 query parameter")
         p, c = parts
+    pr = request.query.get("pr")
     try:
-        card, pull_payment, counter = service.read_tap(p, c)
+        _card, pull_payment, _counter = service.read_tap(p, c, update_counter=pr is not None)
     except TapRefused as exc:
         service.count("refused_taps")
         return _refuse(exc.reason)
-    pr = request.query.get("pr")
     if pr is None:
         service.count("taps")
         callback = _base_url(request) + request.path_qs
         return web.json_response(service.withdraw_request(pull_payment, callback, f"{p}-{c}"))
     try:
-        answer = await service.claim(card, counter, pr)
+        answer = await service.claim(pull_payment, pr)
     except TapRefused as exc:
         service.count("refused_claims")
         return _refuse(exc.reason)

@@ -29,8 +29,6 @@ DEFAULT_STATE_WEIGHTS = {
     AWAITING_PAYMENT: 0.08,
     IN_PROGRESS: 0.07,
 }
-# Revisions a payout has when it reached the state through the usual path.
-_REVISION = {AWAITING_APPROVAL: 0, AWAITING_PAYMENT: 1, IN_PROGRESS: 2, COMPLETED: 3, CANCELLED: 1}
 _YIELD_EVERY = 2000
 
 
@@ -85,7 +83,6 @@ async def seed_payouts(sim: Simulator, request: BulkRequest) -> dict[str, object
             original_amount=amount,
             original_currency=pull_payment.currency,
             state=state,
-            revision=_REVISION[state],
         )
         if state != AWAITING_APPROVAL:
             payout.payout_amount = money.to_btc(amount, pull_payment.currency)
@@ -94,6 +91,8 @@ async def seed_payouts(sim: Simulator, request: BulkRequest) -> dict[str, object
                 "proofType": "PayoutLightningBlob",
                 "paymentHash": invoice.payment_hash,
                 "preimage": invoice.preimage,
+                "id": invoice.payment_hash,
+                "link": None,
             }
         sim.book.insert(payout, announce=request.deliver_events)
         counts[state] += 1
@@ -126,6 +125,7 @@ def _pull_payment_for(sim: Simulator, store_id: str, request: BulkRequest) -> Pu
         auto_approve_claims=True,
         payout_methods=["BTC-LN"],
         starts_at=int(time.time() - request.days * 86400),
+        bolt11_expiration_days=0,
     )
     sim.state.add_pull_payment(pull_payment)
     return pull_payment

@@ -30,6 +30,9 @@ class Faults:
     hang_timeout: float = 300.0
     drop_connections: bool = False  # Greenfield calls get their connection closed, no answer
     webhook_drop_rate: float = 0.0  # deliveries silently lost: never sent, never retried
+    # Delivery attempts that fail on the way (no answer): BTCPay retries them in place, and the
+    # webhook's later events wait behind them.
+    webhook_fail_rate: float = 0.0
     webhook_duplicate_rate: float = 0.0  # deliveries sent twice with the same deliveryId
     webhook_reorder_rate: float = 0.0  # deliveries held back and sent after later ones
     webhook_reorder_delay: float = 0.5  # seconds a held-back delivery waits
@@ -60,13 +63,22 @@ class Faults:
 class SimConfig:
     network: str = "bcrt"  # BOLT11 network accepted in claims: bc, tb, tbs or bcrt
     public_url: str | None = None  # base of viewLink; defaults to the request's own origin
-    # Keys restricted to some permissions ("btcpay.store.canviewpayouts:STOREID", ...).
-    # Any other key is accepted with every permission unless require_known_keys is set.
+    # The API keys BTCPay knows, with their permissions ("unrestricted",
+    # "btcpay.store.canviewpayouts:STOREID", ...). Any other key is a 401, as in BTCPay.
     api_keys: dict[str, list[str]] = field(default_factory=dict)
-    require_known_keys: bool = False
+    # Kinder than BTCPay, only when asked for: an unknown key gets every permission.
+    permissive_keys: bool = False
+    # A new store's refundBOLT11Expiration (days): what a pull payment created without
+    # BOLT11Expiration takes. BTCPay's default is 30.
+    refund_bolt11_expiration_days: int = 30
     auto_progress: bool = True  # Lightning payouts move on their own after approval
     progress_delays: ProgressDelays = field(default_factory=ProgressDelays)
-    cancel_rate: float = 0.0  # fraction of InProgress payouts that end Cancelled (with an event)
+    # Fraction of Lightning payment attempts that fail: the payout goes back from InProgress
+    # to AwaitingPayment and the processor tries again, as BTCPay's does.
+    payment_failure_rate: float = 0.0
+    # Fraction of payment attempts after which BTCPay cancels the payout (with an event): the
+    # cases BTCPay cancels in (the invoice expired, the amount did not match).
+    cancel_rate: float = 0.0
     silent_cancel_rate: float = 0.0  # fraction of approved payouts cancelled with NO event
     redelivery_delays: tuple[float, ...] = BTCPAY_REDELIVERY_DELAYS
     redelivery_scale: float = 1.0  # multiplies redelivery_delays; 0.001 in tests

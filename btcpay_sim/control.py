@@ -54,6 +54,7 @@ def _settings(sim: Simulator) -> dict[str, Any]:
             "start": config.progress_delays.start,
             "settle": config.progress_delays.settle,
         },
+        "payment_failure_rate": config.payment_failure_rate,
         "cancel_rate": config.cancel_rate,
         "silent_cancel_rate": config.silent_cancel_rate,
         "redelivery_scale": config.redelivery_scale,
@@ -77,7 +78,7 @@ async def set_settings(request: web.Request) -> web.Response:
             if not isinstance(body["auto_progress"], bool):
                 raise ValueError("auto_progress must be true or false")
             sim.config.auto_progress = body["auto_progress"]
-        for name in ("cancel_rate", "silent_cancel_rate"):
+        for name in ("payment_failure_rate", "cancel_rate", "silent_cancel_rate"):
             if name in body:
                 sim.config.__setattr__(name, _number(body[name], name, upper=1.0))
         if "redelivery_scale" in body:
@@ -120,6 +121,7 @@ async def register_api_key(request: web.Request) -> web.Response:
         raise APIError("invalid-api-key", "permissions must be a list of strings")
     api_key = _sim(request).keys.register(key, permissions, str(body.get("label") or ""))
     # The key itself is the caller's own input; echo only what it may do.
+    # (Registering is how a test or the demo makes the key BTCPay's user would have created.)
     return web.json_response({"label": api_key.label, "permissions": list(api_key.permissions)})
 
 

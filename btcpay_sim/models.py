@@ -16,8 +16,17 @@ CANCELLED = "Cancelled"
 PAYOUT_STATES = (AWAITING_APPROVAL, AWAITING_PAYMENT, IN_PROGRESS, COMPLETED, CANCELLED)
 
 LIGHTNING = "BTC-LN"
-# 1.x spellings of the Lightning payout method, still accepted by 2.x servers.
-LIGHTNING_ALIASES = frozenset({"BTC-LN", "BTC_LightningLike", "BTC-LightningNetwork"})
+ON_CHAIN = "BTC-CHAIN"
+# Payout method ids as 2.x names them, from the 1.x spellings its parser still accepts.
+PAYOUT_METHOD_IDS = {
+    "BTC-LN": LIGHTNING,
+    "BTC_LightningLike": LIGHTNING,
+    "BTC-LightningNetwork": LIGHTNING,
+    "BTC-CHAIN": ON_CHAIN,
+    "BTC": ON_CHAIN,
+    "BTC-OnChain": ON_CHAIN,
+}
+LIGHTNING_ALIASES = frozenset(k for k, v in PAYOUT_METHOD_IDS.items() if v == LIGHTNING)
 
 PAYOUT_CREATED = "PayoutCreated"
 PAYOUT_APPROVED = "PayoutApproved"
@@ -31,6 +40,8 @@ class Store:
     name: str
     website: str | None = None
     default_currency: str = "BTC"
+    # Days; what a pull payment created without BOLT11Expiration takes.
+    refund_bolt11_expiration_days: int = 30
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +49,7 @@ class Store:
             "name": self.name,
             "website": self.website,
             "defaultCurrency": self.default_currency,
+            "refundBOLT11Expiration": self.refund_bolt11_expiration_days,
             "archived": False,
             "speedPolicy": "MediumSpeed",
             "invoiceExpiration": 900,
@@ -61,9 +73,9 @@ class PullPayment:
     auto_approve_claims: bool
     payout_methods: list[str]
     starts_at: int
+    bolt11_expiration_days: int  # a claimed BOLT11 must live at least this long (0: any)
     expires_at: int | None = None
     period: int | None = None
-    bolt11_expiration_days: int = 30
     archived: bool = False
     # Sum of originalAmount over the pull payment's payouts that are not Cancelled.
     claimed: Decimal = field(default_factory=Decimal)
@@ -102,6 +114,10 @@ class Payout:
     payment_proof: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     payment_secret: str | None = None  # kept from the claim, to publish a real preimage
+    invoice_expires_at: float | None = None  # the BOLT11's own expiry (unix seconds)
+    # Counts the payout's state changes; not BTCPay's (whose revision does not move), only
+    # the processor's way to see that a step it scheduled was overtaken by another change.
+    moves: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -75,11 +75,11 @@ class ApiKey:
 
 
 class KeyRing:
-    """Restricted keys are registered; any other key gets every permission unless strict."""
+    """The keys BTCPay knows. An unknown key is refused (401), unless the ring is permissive."""
 
-    def __init__(self, restricted: dict[str, list[str]], require_known: bool = False) -> None:
-        self._keys = {key: ApiKey(key, tuple(perms)) for key, perms in restricted.items()}
-        self.require_known = require_known
+    def __init__(self, known: dict[str, list[str]], permissive: bool = False) -> None:
+        self._keys = {key: ApiKey(key, tuple(perms)) for key, perms in known.items()}
+        self.permissive = permissive
 
     def register(self, key: str, permissions: list[str], label: str = "") -> ApiKey:
         api_key = ApiKey(key, tuple(permissions), label)
@@ -88,6 +88,6 @@ class KeyRing:
 
     def lookup(self, key: str) -> ApiKey | None:
         found = self._keys.get(key)
-        if found is None and not self.require_known:
+        if found is None and self.permissive:
             return ApiKey(key, (UNRESTRICTED,))
         return found

@@ -24,20 +24,20 @@ class AutoProgress:
         if payout is None or payout.state != event.payout_state:
             return
         delays = self.config.progress_delays
-        # Each step carries the revision it saw: a manual change in between wins.
+        # Each step carries the count of changes it saw: a manual change in between wins.
         if payout.state == AWAITING_PAYMENT:
-            self._later(delays.start, self.book.start_payment, payout.id, payout.revision)
+            self._later(delays.start, self.book.start_payment, payout.id, payout.moves)
         elif payout.state == IN_PROGRESS:
-            self._later(delays.settle, self.book.settle_payment, payout.id, payout.revision)
+            self._later(delays.settle, self.book.settle_payment, payout.id, payout.moves)
 
     def _later(
-        self, delay: float, step: Callable[[str, int], object], payout_id: str, revision: int
+        self, delay: float, step: Callable[[str, int], object], payout_id: str, moves: int
     ) -> None:
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
             self._timers.discard(handle)
-            step(payout_id, revision)
+            step(payout_id, moves)
 
         handle = loop.call_later(delay, fire)
         self._timers.add(handle)

@@ -22,7 +22,7 @@ class Simulator:
         self._initial = copy.deepcopy(config)
         self.config = config
         self.rng = random.Random(config.seed)
-        self.keys = KeyRing(config.api_keys, config.require_known_keys)
+        self.keys = KeyRing(config.api_keys, config.permissive_keys)
         self.faults = FaultControl(config.faults, self.rng)
         self.minter = InvoiceMinter(network=config.network)
         self.state = SimState()
@@ -47,10 +47,16 @@ class Simulator:
         self.faults.counters.clear()
         self.faults.reset()
         initial = copy.deepcopy(self._initial)
-        for name in ("auto_progress", "progress_delays", "cancel_rate", "silent_cancel_rate"):
+        for name in (
+            "auto_progress",
+            "progress_delays",
+            "payment_failure_rate",
+            "cancel_rate",
+            "silent_cancel_rate",
+        ):
             setattr(self.config, name, getattr(initial, name))
         self.config.redelivery_scale = initial.redelivery_scale
-        self.keys = KeyRing(initial.api_keys, initial.require_known_keys)
+        self.keys = KeyRing(initial.api_keys, initial.permissive_keys)
 
 
 SIMULATOR = web.AppKey("btcpay_simulator", Simulator)

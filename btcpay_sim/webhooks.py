@@ -1,8 +1,10 @@
 """BTCPay's webhook sender: signed, indented JSON bodies, in order per webhook, redelivered.
 
-One queue and one sender task per webhook keep deliveries in order. A failed delivery (5xx,
-408, 429 or a network error) is not retried in place: as in BTCPay, a redelivery with a new
-deliveryId is queued again after the next delay of the schedule.
+One queue and one sender task per webhook keep deliveries in order. As in BTCPay's
+WebhookSender, a delivery that fails (any answer but a 2xx, a network error, no answer in time)
+is retried in place after 10 s, 1 min and six times 10 min, each retry a new delivery with a new
+``deliveryId``, the first one's ``originalDeliveryId`` and ``isRedelivery: true``; the webhook's
+later events wait behind it until it succeeds or the schedule runs out (about an hour).
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ from .state import SimState
 
 log = logging.getLogger(__name__)
 
-_RETRY_STATUSES = frozenset({408, 429})
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -38,7 +38,7 @@ class Delivery:
     original_delivery_id: str
     is_redelivery: bool
     event: PayoutEvent
-    attempt: int = 0  # redeliveries made so far
+    attempt: int = 0  # retries made so far
     held_back: bool = False  # already delayed once by the reorder fault
 
     def body(self) -> bytes:
@@ -78,6 +78,7 @@ class WebhookSender:
         self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
+        self._in_flight = 0  # deliveries being sent or waiting for their next retry
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -108,7 +109,8 @@ class WebhookSender:
                 await task
 
     def pending(self) -> int:
-        return sum(q.qsize() for q in self._queues.values()) + len(self._timers)
+        queued = sum(q.qsize() for q in self._queues.values())
+        return queued + len(self._timers) + self._in_flight
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -148,7 +150,11 @@ class WebhookSender:
             webhook = self.state.webhooks.get(webhook_id)
             if webhook is None:
                 return
-            await self._deliver(webhook, delivery)
+            self._in_flight += 1
+            try:
+                await self._deliver(webhook, delivery)
+            finally:
+                self._in_flight -= 1
 
     async def _deliver(self, webhook: Webhook, delivery: Delivery) -> None:
         faults = self._faults()
@@ -159,29 +165,45 @@ class WebhookSender:
         if self.rng.random() < faults.webhook_drop_rate:
             self.counters["dropped"] += 1
             return
+        delivered = await self._attempt(webhook, delivery)
+        delays = self.config.redelivery_delays
+        while not delivered:
+            attempt = delivery.attempt
+            if not webhook.automatic_redelivery or attempt >= len(delays):
+                self.counters["abandoned"] += 1
+                return
+            # The queue waits: later events of this webhook go out only after this one.
+            await asyncio.sleep(delays[attempt] * self.config.redelivery_scale)
+            current = self.state.webhooks.get(webhook.id)
+            if current is None or not current.wants(delivery.event.type):
+                return
+            webhook = current
+            delivery = replace(
+                delivery,
+                delivery_id=ids.delivery_id(),
+                is_redelivery=True,
+                attempt=attempt + 1,
+            )
+            self.counters["redeliveries"] += 1
+            delivered = await self._attempt(webhook, delivery)
+
+    async def _attempt(self, webhook: Webhook, delivery: Delivery) -> bool:
+        """One delivery attempt (twice at the duplicate fault); True on a 2xx answer."""
+        faults = self._faults()
+        if self.rng.random() < faults.webhook_fail_rate:
+            self.counters["sent"] += 1
+            self.counters["failed"] += 1
+            self.counters["failed_in_transit"] += 1
+            return False
         body = delivery.body()
         delivered = await self._post(webhook, body)
         if self.rng.random() < faults.webhook_duplicate_rate:
             self.counters["duplicated"] += 1
-            await self._post(webhook, body)
-        if delivered or not webhook.automatic_redelivery:
-            return
-        delays = self.config.redelivery_delays
-        if delivery.attempt >= len(delays):
-            self.counters["abandoned"] += 1
-            return
-        redelivery = replace(
-            delivery,
-            delivery_id=ids.delivery_id(),
-            is_redelivery=True,
-            attempt=delivery.attempt + 1,
-            held_back=False,
-        )
-        self.counters["redeliveries"] += 1
-        self._enqueue_later(delays[delivery.attempt] * self.config.redelivery_scale, redelivery)
+            delivered = await self._post(webhook, body) or delivered
+        return delivered
 
     async def _post(self, webhook: Webhook, body: bytes) -> bool:
-        """True when no redelivery is due: a 2xx, or a refusal BTCPay does not retry."""
+        """True on a 2xx answer: anything else is a failure BTCPay retries."""
         assert self._session is not None, "WebhookSender.start() was not awaited"
         headers = {
             "Content-Type": "application/json",
@@ -201,4 +223,4 @@ class WebhookSender:
             self.counters["succeeded"] += 1
             return True
         self.counters["failed"] += 1
-        return not (status >= 500 or status in _RETRY_STATUSES)
+        return False

@@ -47,7 +47,10 @@ WEBHOOK_FIELDS = [
     "pullPaymentId",
     "payoutState",
 ]
-AUTH = {"Authorization": "token admin-key"}
+ADMIN_KEY = "admin-key"
+AUTH = {"Authorization": f"token {ADMIN_KEY}"}
+# The key a store owner would have created in BTCPay: the simulator knows no other.
+KEYS = {ADMIN_KEY: ["unrestricted"]}
 MINTER = InvoiceMinter()
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -55,7 +58,7 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 
 @pytest.fixture
 def config() -> SimConfig:
-    return SimConfig(auto_progress=False, redelivery_scale=0.001, seed=7)
+    return SimConfig(api_keys=KEYS, auto_progress=False, redelivery_scale=0.001, seed=7)
 
 
 @pytest.fixture
@@ -114,7 +117,9 @@ async def make_pull_payment(
     amount: str = "1000000",
     currency: str = "SATS",
     auto_approve: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """A card's pull payment as the guides create it: BOLT11Expiration 0, given explicitly."""
     response = await sim.post(
         f"/api/v1/stores/{store_id}/pull-payments",
         json={
@@ -124,6 +129,8 @@ async def make_pull_payment(
             "currency": currency,
             "autoApproveClaims": auto_approve,
             "payoutMethods": ["BTC-LN"],
+            "BOLT11Expiration": 0,
+            **extra,
         },
         headers=AUTH,
     )
@@ -204,7 +211,7 @@ async def test_auto_approving_pull_payment_answers_awaiting_payment_with_payout_
     payout = await (await claim(sim, pp["id"], MINTER.mint(21_000_000).bolt11)).json()
 
     assert payout["state"] == "AwaitingPayment"
-    assert payout["revision"] == 1
+    assert payout["revision"] == 0
     assert payout["originalAmount"] == "0.00021"
     assert payout["payoutAmount"] == "0.00021"
 
@@ -223,39 +230,128 @@ async def test_health_and_store_endpoints(sim: TestClient) -> None:
 # --- claim validation --------------------------------------------------------------------------
 
 
-async def test_unreadable_destination_is_rejected_as_invalid_destination(
-    sim: TestClient,
-) -> None:
+async def test_unreadable_destination_is_a_422_on_destination(sim: TestClient) -> None:
     pp = await make_pull_payment(sim, await make_store(sim))
 
     response = await claim(sim, pp["id"], "lnbcrt1notaninvoice")
 
-    assert response.status == 400
-    body = await response.json()
-    assert body["code"] == "invalid-destination"
-    assert body["message"]
+    assert response.status == 422
+    assert await response.json() == [
+        {
+            "path": "Destination",
+            "message": "A valid BOLT11 invoice or LNURL Pay or Lightning address was not provided.",
+        }
+    ]
 
 
-async def test_expired_invoice_is_rejected(sim: TestClient) -> None:
+async def test_expired_invoice_is_a_422_on_destination(sim: TestClient) -> None:
     pp = await make_pull_payment(sim, await make_store(sim))
     stale = MINTER.mint(1_000_000, expiry=60, timestamp=int(time.time()) - 3600)
 
     response = await claim(sim, pp["id"], stale.bolt11)
 
-    assert response.status == 400
-    body = await response.json()
-    assert body["code"] == "invalid-destination"
-    assert "expired" in body["message"]
+    assert response.status == 422
+    assert await response.json() == [
+        {"path": "Destination", "message": "The BOLT11 invoice submitted has expired."}
+    ]
 
 
-async def test_invoice_for_another_network_is_rejected(sim: TestClient) -> None:
+async def test_invoice_for_another_network_is_a_422_on_destination(sim: TestClient) -> None:
     pp = await make_pull_payment(sim, await make_store(sim))
     mainnet = InvoiceMinter(network="bc").mint(1_000_000)
 
     response = await claim(sim, pp["id"], mainnet.bolt11)
 
-    assert response.status == 400
-    assert (await response.json())["code"] == "invalid-destination"
+    assert response.status == 422
+    assert (await response.json())[0]["path"] == "Destination"
+
+
+async def test_default_pull_payment_refuses_a_one_hour_invoice_for_its_expiry(
+    sim: TestClient,
+) -> None:
+    store_id = await make_store(sim)
+    created = await sim.post(
+        f"/api/v1/stores/{store_id}/pull-payments",
+        json={"name": "defaults", "amount": "100000", "currency": "SATS",
+              "payoutMethods": ["BTC-LN"]},
+        headers=AUTH,
+    )  # fmt: skip
+    pp = await created.json()
+
+    response = await claim(sim, pp["id"], MINTER.mint(1_000_000, expiry=3600).bolt11)
+
+    assert pp["BOLT11Expiration"] == 30
+    assert response.status == 422
+    assert await response.json() == [
+        {
+            "path": "Destination",
+            "message": "The BOLT11 invoice must have an expiry date of at least 30 days from "
+            "submission (Provided was only 0).",
+        }
+    ]
+
+
+async def test_bolt11_expiration_zero_accepts_short_invoices_and_longer_needs_longer(
+    sim: TestClient,
+) -> None:
+    store_id = await make_store(sim)
+    open_pp = await make_pull_payment(sim, store_id)
+    week = await make_pull_payment(sim, store_id, BOLT11Expiration=7)
+
+    short = await claim(sim, open_pp["id"], MINTER.mint(1_000_000, expiry=60).bolt11)
+    too_short = await claim(sim, week["id"], MINTER.mint(1_000_000, expiry=6 * 86400).bolt11)
+    long_enough = await claim(sim, week["id"], MINTER.mint(1_000_000, expiry=8 * 86400).bolt11)
+
+    assert open_pp["BOLT11Expiration"] == 0
+    assert short.status == 200
+    assert too_short.status == 422
+    assert (await too_short.json())[0]["message"].endswith("(Provided was only 5).")
+    assert long_enough.status == 200
+
+
+async def test_the_stores_refund_setting_is_the_default_bolt11_expiration(
+    sim: TestClient,
+) -> None:
+    made = await sim.post(
+        "/api/v1/stores", json={"name": "Refunds", "refundBOLT11Expiration": 2}, headers=AUTH
+    )
+    store = await made.json()
+
+    created = await sim.post(
+        f"/api/v1/stores/{store['id']}/pull-payments",
+        json={"amount": "1000", "currency": "SATS", "payoutMethods": ["BTC-LN"]},
+        headers=AUTH,
+    )
+
+    assert store["refundBOLT11Expiration"] == 2
+    assert (await created.json())["BOLT11Expiration"] == 2
+
+
+async def test_pull_payment_creation_lists_every_invalid_field_by_its_property_name(
+    sim: TestClient,
+) -> None:
+    store_id = await make_store(sim)
+
+    response = await sim.post(
+        f"/api/v1/stores/{store_id}/pull-payments",
+        json={"amount": "0", "BOLT11Expiration": -1},
+        headers=AUTH,
+    )
+    unsupported = await sim.post(
+        f"/api/v1/stores/{store_id}/pull-payments",
+        json={"amount": "1", "currency": "BTC", "payoutMethods": ["BTC-LN", "XMR"]},
+        headers=AUTH,
+    )
+
+    assert response.status == 422
+    assert [e["path"] for e in await response.json()] == [
+        "Amount",
+        "Currency",
+        "BOLT11Expiration",
+        "PayoutMethods",
+    ]
+    assert unsupported.status == 422
+    assert [e["path"] for e in await unsupported.json()] == ["PayoutMethods[1]"]
 
 
 async def test_same_payment_hash_cannot_be_claimed_twice_until_cancelled(sim: TestClient) -> None:
@@ -286,13 +382,38 @@ async def test_claims_beyond_the_pull_payment_limit_are_refused(sim: TestClient)
     assert (await claim(sim, pp["id"], MINTER.mint(10_000_000).bolt11)).status == 200
 
 
-async def test_amount_differing_from_the_invoice_is_a_validation_error(sim: TestClient) -> None:
+async def test_claim_amount_below_the_invoices_is_a_422_on_amount(sim: TestClient) -> None:
     pp = await make_pull_payment(sim, await make_store(sim))
 
     response = await claim(sim, pp["id"], MINTER.mint(21_000_000).bolt11, amount="500")
 
     assert response.status == 422
-    assert (await response.json())[0]["path"] == "amount"
+    assert (await response.json())[0]["path"] == "Amount"
+
+
+async def test_claim_amount_above_the_invoices_is_lowered_to_it(sim: TestClient) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+
+    response = await claim(sim, pp["id"], MINTER.mint(21_000_000).bolt11, amount="50000")
+
+    assert response.status == 200
+    assert (await response.json())["originalAmount"] == "21000"
+
+
+async def test_claim_without_a_payout_method_is_a_422_on_payout_method_id(
+    sim: TestClient,
+) -> None:
+    pp = await make_pull_payment(sim, await make_store(sim))
+
+    response = await sim.post(
+        f"/api/v1/pull-payments/{pp['id']}/payouts",
+        json={"destination": MINTER.mint(1_000_000).bolt11},
+    )
+
+    assert response.status == 422
+    assert await response.json() == [
+        {"path": "PayoutMethodId", "message": "Invalid payment method"}
+    ]
 
 
 async def test_amountless_invoice_takes_the_claimed_amount(sim: TestClient) -> None:
@@ -348,9 +469,20 @@ async def test_restricted_key_gets_403_naming_the_missing_permission(sim: TestCl
     assert cancel.status == 403
     denied = await cancel.json()
     assert denied["code"] == "missing-permission"
+    assert denied["missingPermission"] == "btcpay.store.canmanagepayouts"
     assert "btcpay.store.canmanagepayouts" in denied["message"]
     assert elsewhere.status == 403
-    assert "btcpay.store.canviewpayouts" in (await elsewhere.json())["message"]
+    assert (await elsewhere.json())["missingPermission"] == "btcpay.store.canviewpayouts"
+
+
+async def test_a_store_that_does_not_exist_is_a_403_not_a_404(sim: TestClient) -> None:
+    for path in ("/api/v1/stores/nope/payouts", "/api/v1/stores/nope/webhooks"):
+        response = await sim.get(path, headers=AUTH)
+
+        assert response.status == 403
+        assert (await response.json())["code"] == "missing-permission"
+    store = await sim.get("/api/v1/stores/nope", headers=AUTH)
+    assert (await store.json())["missingPermission"] == "btcpay.store.canviewstoresettings"
 
 
 async def test_store_settings_permissions_imply_payout_permissions(sim: TestClient) -> None:
@@ -383,7 +515,7 @@ async def test_pull_payment_permission_does_not_allow_listing_payouts(sim: TestC
     )
 
     assert response.status == 403
-    assert "btcpay.store.canviewpayouts" in (await response.json())["message"]
+    assert (await response.json())["missingPermission"] == "btcpay.store.canviewpayouts"
 
 
 async def test_missing_or_malformed_authorization_is_401(sim: TestClient) -> None:
@@ -409,15 +541,21 @@ async def test_current_api_key_reports_its_permissions(sim: TestClient) -> None:
     assert default["permissions"] == ["unrestricted"]
 
 
-async def test_known_keys_only_mode_refuses_unknown_keys(aiohttp_client: ClientFactory) -> None:
-    config = SimConfig(api_keys={"k1": ["unrestricted"]}, require_known_keys=True)
-    sim = await aiohttp_client(create_app(config))
+async def test_unknown_key_is_401_unless_the_simulator_is_asked_to_be_permissive(
+    aiohttp_client: ClientFactory,
+) -> None:
+    strict = await aiohttp_client(create_app(SimConfig(api_keys={"k1": ["unrestricted"]})))
+    permissive = await aiohttp_client(create_app(SimConfig(permissive_keys=True)))
+    other = {"Authorization": "token other"}
 
-    refused = await sim.get("/api/v1/stores", headers={"Authorization": "token other"})
-    accepted = await sim.get("/api/v1/stores", headers={"Authorization": "token k1"})
+    refused = await strict.get("/api/v1/stores", headers=other)
+    accepted = await strict.get("/api/v1/stores", headers={"Authorization": "token k1"})
+    anyone = await permissive.get("/api/v1/api-keys/current", headers=other)
 
     assert refused.status == 401
+    assert (await refused.json())["code"] == "unauthenticated"
     assert accepted.status == 200
+    assert (await anyone.json())["permissions"] == ["unrestricted"]
 
 
 # --- store payout operations -------------------------------------------------------------------
@@ -443,28 +581,99 @@ async def test_store_payout_list_hides_cancelled_unless_asked(sim: TestClient) -
     }
 
 
-async def test_each_state_change_bumps_the_revision(sim: TestClient) -> None:
+async def test_revision_stays_put_through_state_changes_and_only_guards_approval(
+    sim: TestClient,
+) -> None:
     store_id = await make_store(sim)
     pp = await make_pull_payment(sim, store_id)
     payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
     url = f"/api/v1/stores/{store_id}/payouts/{payout['id']}"
+    proof = {"proofType": "ManualPayoutProof", "id": "tx-1", "link": None}
 
+    missing = await sim.post(url, json={}, headers=AUTH)
     stale = await sim.post(url, json={"revision": 5}, headers=AUTH)
     approved = await sim.post(url, json={"revision": 0}, headers=AUTH)
-    twice = await sim.post(url, json={"revision": 1}, headers=AUTH)
-    marked = await sim.post(url + "/mark", json={"state": "InProgress"}, headers=AUTH)
+    twice = await sim.post(url, json={"revision": 0}, headers=AUTH)
+    marked = await sim.post(
+        url + "/mark", json={"state": "InProgress", "paymentProof": proof}, headers=AUTH
+    )
     in_progress = await (await sim.get(url, headers=AUTH)).json()
     paid = await sim.post(url + "/mark-paid", headers=AUTH)
     completed = await (await sim.get(url, headers=AUTH)).json()
 
+    assert missing.status == 422 and (await missing.json())[0]["path"] == "Revision"
     assert stale.status == 400 and (await stale.json())["code"] == "old-revision"
     assert approved.status == 200
     assert (await approved.json())["payoutAmount"] == "0.00001"
+    assert (await approved.json())["revision"] == 0
     assert twice.status == 400 and (await twice.json())["code"] == "invalid-state"
     assert marked.status == 200
-    assert (in_progress["state"], in_progress["revision"]) == ("InProgress", 2)
+    assert (in_progress["state"], in_progress["revision"]) == ("InProgress", 0)
+    assert in_progress["paymentProof"] == proof
     assert paid.status == 200
-    assert (completed["state"], completed["revision"]) == ("Completed", 3)
+    # mark-paid carries no proof, and BTCPay stores exactly that.
+    assert (completed["state"], completed["revision"], completed["paymentProof"]) == (
+        "Completed",
+        0,
+        None,
+    )
+
+
+async def test_mark_and_cancel_follow_btcpays_state_rules(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+
+    async def payout() -> str:
+        made = await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+        return f"/api/v1/stores/{store_id}/payouts/{(await made.json())['id']}"
+
+    async def state(url: str) -> str:
+        return (await (await sim.get(url, headers=AUTH)).json())["state"]
+
+    async def mark(url: str, body: dict[str, Any] | None) -> int:
+        return (await sim.post(url + "/mark", json=body, headers=AUTH)).status
+
+    done = await payout()
+    assert await mark(done, {}) == 200  # an empty body means Completed
+    assert await state(done) == "Completed"
+    assert await mark(done, {"state": "InProgress"}) == 400  # Completed is final
+    assert (await sim.delete(done, headers=AUTH)).status == 400
+
+    paying = await payout()
+    assert await mark(paying, {"state": "AwaitingPayment"}) == 400  # only back from InProgress
+    assert await mark(paying, {"state": "InProgress"}) == 200
+    assert (await sim.delete(paying, headers=AUTH)).status == 400  # money may be moving
+    assert await mark(paying, {"state": "AwaitingPayment"}) == 200
+
+    gone = await payout()
+    assert (await sim.delete(gone, headers=AUTH)).status == 200
+    again = await sim.delete(gone, headers=AUTH)
+    assert again.status == 200 and await state(gone) == "Cancelled"
+    assert await mark(gone, {"state": "Completed"}) == 400
+    assert await mark(gone, {"state": "AwaitingApproval"}) == 200  # BTCPay lets it reopen
+    refused = await sim.post(gone + "/mark", json={"state": "Completed"}, headers=AUTH)
+    assert (await refused.json())["code"] == "invalid-state"
+
+
+async def test_cancelling_a_cancelled_payout_sends_another_event(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    payout_url = f"/api/v1/stores/{store_id}/payouts/{payout['id']}"
+
+    await sim.delete(payout_url, headers=AUTH)
+    await sim.delete(payout_url, headers=AUTH)
+
+    await eventually(lambda: len(recv.deliveries) == 3)
+    assert [(b["type"], b["payoutState"]) for b in recv.bodies] == [
+        ("PayoutCreated", "AwaitingApproval"),
+        ("PayoutUpdated", "Cancelled"),
+        ("PayoutUpdated", "Cancelled"),
+    ]
 
 
 async def test_marking_an_unknown_state_is_a_validation_error(sim: TestClient) -> None:
@@ -479,7 +688,7 @@ async def test_marking_an_unknown_state_is_a_validation_error(sim: TestClient) -
     )
 
     assert response.status == 422
-    assert (await response.json())[0]["path"] == "state"
+    assert (await response.json())[0]["path"] == "State"
 
 
 async def test_pull_payment_payout_routes_are_anonymous(sim: TestClient) -> None:
@@ -491,6 +700,122 @@ async def test_pull_payment_payout_routes_are_anonymous(sim: TestClient) -> None
 
     assert [p["id"] for p in listed] == [payout["id"]]
     assert one == payout
+
+
+async def test_btcpay_24_routes_without_the_store_check_the_payouts_store(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    store_id = await make_store(sim)
+    other = await make_store(sim, "Other")
+    pp = await make_pull_payment(sim, store_id)
+    payout = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    hook = await add_webhook(sim, store_id, receiver[1])
+    await restrict(sim, "other-viewer", [f"btcpay.store.canviewpayouts:{other}"])
+
+    fetched = await sim.get(f"/api/v1/payouts/{payout['id']}", headers=AUTH)
+    unknown = await sim.get("/api/v1/payouts/nope", headers=AUTH)
+    elsewhere = await sim.get(
+        f"/api/v1/payouts/{payout['id']}", headers={"Authorization": "token other-viewer"}
+    )
+    hook_read = await sim.get(f"/api/v1/webhooks/{hook['id']}", headers=AUTH)
+    hook_put = await sim.put(
+        f"/api/v1/webhooks/{hook['id']}", json={"enabled": False}, headers=AUTH
+    )
+    archived = await sim.delete(f"/api/v1/pull-payments/{pp['id']}", headers=AUTH)
+    after = await (await sim.get(f"/api/v1/payouts/{payout['id']}", headers=AUTH)).json()
+    hook_gone = await sim.delete(f"/api/v1/webhooks/{hook['id']}", headers=AUTH)
+
+    assert fetched.status == 200 and await fetched.json() == payout
+    assert unknown.status == 404 and (await unknown.json())["code"] == "payout-not-found"
+    assert elsewhere.status == 403
+    assert (await elsewhere.json())["missingPermission"] == "btcpay.store.canviewpayouts"
+    assert hook_read.status == 200 and (await hook_read.json())["id"] == hook["id"]
+    assert (await hook_put.json())["enabled"] is False
+    assert archived.status == 200
+    # Archiving cancels the pull payment's payouts that are not being paid.
+    assert after["state"] == "Cancelled"
+    assert hook_gone.status == 200
+    assert (await sim.get(f"/api/v1/webhooks/{hook['id']}", headers=AUTH)).status == 404
+
+
+async def test_lnurl_of_a_pull_payment_says_whether_it_pays_lightning(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    lightning = await make_pull_payment(sim, store_id)
+    on_chain = await make_pull_payment(sim, store_id, currency="BTC", payoutMethods=["BTC-CHAIN"])
+
+    ok = await sim.get(f"/api/v1/pull-payments/{lightning['id']}/lnurl")
+    refused = await sim.get(f"/api/v1/pull-payments/{on_chain['id']}/lnurl")
+    claimed = await claim(sim, on_chain["id"], MINTER.mint(1_000_000).bolt11)
+
+    assert ok.status == 200
+    body = await ok.json()
+    assert body["lnurlUri"].startswith("lnurlw://")
+    assert body["lnurlBech32"].startswith("lightning:LNURL1")
+    assert refused.status == 400
+    assert (await refused.json())["code"] == "lnurl-not-supported"
+    assert claimed.status == 400
+    assert (await claimed.json())["code"] == "payment-method-not-supported"
+
+
+# --- BTCPay's own Boltcards --------------------------------------------------------------------
+
+
+async def _btcpay_card(sim: TestClient, pp_id: str) -> str:
+    uid = "04" + "a1b2c3d4e5f6"
+    registered = await sim.post(f"/api/v1/pull-payments/{pp_id}/boltcards", json={"UID": uid})
+    assert registered.status == 200
+    cards = (await (await sim.get("/_sim/boltcards")).json())["cards"]
+    return next(c["id"] for c in cards if c["uid"] == uid)
+
+
+async def _tap(sim: TestClient, card_id: str) -> dict[str, Any]:
+    return await (await sim.post(f"/_sim/boltcards/{card_id}/tap")).json()
+
+
+async def test_boltcard_callback_stores_the_counter_before_claiming_so_a_refusal_uses_the_tap(
+    sim: TestClient,
+) -> None:
+    store_id = await make_store(sim)
+    # Not auto-approving: BTCPay answers the tap, and refuses only at the callback.
+    pp = await make_pull_payment(sim, store_id, auto_approve=False)
+    card_id = await _btcpay_card(sim, pp["id"])
+    tap = await _tap(sim, card_id)
+    query = f"p={tap['p']}&c={tap['c']}"
+
+    offered = await sim.get(f"/boltcard?{query}")
+    again = await sim.get(f"/boltcard?{query}")
+    invoice = MINTER.mint(1_000_000)
+    refused = await sim.get(f"/boltcard?{query}&pr={invoice.bolt11}")
+    retried = await sim.get(f"/boltcard?{query}")
+    cards = (await (await sim.get("/_sim/boltcards")).json())["cards"]
+
+    assert offered.status == 200 and (await offered.json())["tag"] == "withdrawRequest"
+    assert again.status == 200  # the tap alone never moves the counter
+    assert refused.status == 400
+    assert "auto-approve" in (await refused.json())["reason"]
+    assert (await retried.json()) == {"status": "ERROR", "reason": "Replayed or expired query"}
+    assert [c["counter"] for c in cards if c["id"] == card_id] == [tap["counter"]]
+
+
+async def test_boltcard_claims_are_not_held_to_bolt11_expiration(sim: TestClient) -> None:
+    store_id = await make_store(sim)
+    created = await sim.post(
+        f"/api/v1/stores/{store_id}/pull-payments",
+        json={"name": "btcpay cards", "amount": "100000", "currency": "SATS",
+              "autoApproveClaims": True, "payoutMethods": ["BTC-LN"]},
+        headers=AUTH,
+    )  # fmt: skip
+    pp = await created.json()
+    await sim.post("/_sim/settings", json={"auto_progress": True})  # a processor paying at once
+    await sim.post("/_sim/boltcards", json={"paymentWait": 0})
+    tap = await _tap(sim, await _btcpay_card(sim, pp["id"]))
+
+    paid = await sim.get(
+        f"/boltcard?p={tap['p']}&c={tap['c']}&pr={MINTER.mint(1_000_000, expiry=600).bolt11}"
+    )
+
+    assert pp["BOLT11Expiration"] == 30
+    assert paid.status == 200 and (await paid.json())["status"] == "OK"
 
 
 # --- webhooks ----------------------------------------------------------------------------------
@@ -563,22 +888,68 @@ async def test_failed_delivery_is_redelivered_with_new_id_and_same_original(
     assert second["payoutId"] == first["payoutId"]
 
 
-async def test_client_error_from_receiver_is_not_redelivered(
+async def test_a_failed_delivery_is_retried_in_place_and_later_events_wait_behind_it(
     sim: TestClient, receiver: tuple[Receiver, str]
 ) -> None:
     recv, url = receiver
-    recv.script = [400]
+    recv.script = [400, 503]  # any answer but a 2xx is a failure BTCPay retries
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    first = await (await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)).json()
+    second = await (await claim(sim, pp["id"], MINTER.mint(2_000_000).bolt11)).json()
+
+    await eventually(lambda: len(recv.deliveries) == 4)
+
+    assert [(b["payoutId"], b["isRedelivery"]) for b in recv.bodies] == [
+        (first["id"], False),
+        (first["id"], True),
+        (first["id"], True),
+        (second["id"], False),
+    ]
+    originals = {b["originalDeliveryId"] for b in recv.bodies[:3]}
+    assert originals == {recv.bodies[0]["deliveryId"]}
+
+
+async def test_a_delivery_failing_every_retry_is_abandoned_after_btcpays_schedule(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    recv.script = [500] * 9
     store_id = await make_store(sim)
     await add_webhook(sim, store_id, url)
     pp = await make_pull_payment(sim, store_id)
     await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
-    await claim(sim, pp["id"], MINTER.mint(2_000_000).bolt11)
+    later = await (await claim(sim, pp["id"], MINTER.mint(2_000_000).bolt11)).json()
 
-    await eventually(lambda: len(recv.deliveries) == 2)
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(recv.deliveries) == 10, timeout=10)
 
-    assert len(recv.deliveries) == 2
-    assert [b["isRedelivery"] for b in recv.bodies] == [False, False]
+    # The first delivery and its eight retries (10 s, 1 min, 6 x 10 min), then the next event.
+    assert [b["isRedelivery"] for b in recv.bodies[:9]] == [False] + [True] * 8
+    assert recv.bodies[9]["payoutId"] == later["id"]
+    stats = await (await sim.get("/_sim/stats")).json()
+    assert stats["deliveries"]["abandoned"] == 1
+
+
+async def test_fail_fault_makes_deliveries_fail_in_transit_and_retry(
+    sim: TestClient, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id)
+    await sim.post("/_sim/faults", json={"webhook_fail_rate": 1.0})
+    await claim(sim, pp["id"], MINTER.mint(1_000_000).bolt11)
+
+    async def failed_twice() -> bool:
+        stats = await (await sim.get("/_sim/stats")).json()
+        return stats["deliveries"].get("failed_in_transit", 0) >= 2
+
+    await eventually(failed_twice)
+    await sim.post("/_sim/faults", json={"webhook_fail_rate": 0.0})
+    await eventually(lambda: len(recv.deliveries) == 1)
+
+    assert recv.bodies[0]["isRedelivery"] is True
 
 
 async def test_deliveries_arrive_in_order_per_webhook(
@@ -679,6 +1050,7 @@ async def test_reordered_delivery_arrives_after_later_ones(
 @pytest.fixture
 def progressing() -> SimConfig:
     return SimConfig(
+        api_keys=KEYS,
         auto_progress=True,
         progress_delays=ProgressDelays(start=0.01, settle=0.01),
         redelivery_scale=0.001,
@@ -709,7 +1081,8 @@ async def test_auto_progress_reaches_completed_with_a_lightning_proof(
     assert proof["proofType"] == "PayoutLightningBlob"
     assert proof["paymentHash"] == invoice.payment_hash
     assert hashlib.sha256(bytes.fromhex(proof["preimage"])).hexdigest() == invoice.payment_hash
-    assert final["revision"] == 3
+    assert (proof["id"], proof["link"]) == (invoice.payment_hash, None)
+    assert final["revision"] == 0
     assert [(b["type"], b["payoutState"]) for b in recv.bodies] == [
         ("PayoutCreated", "AwaitingApproval"),
         ("PayoutApproved", "AwaitingPayment"),
@@ -732,6 +1105,53 @@ async def test_cancel_rate_ends_payouts_cancelled_with_an_event(
     await eventually(lambda: len(recv.deliveries) == 4)
 
     assert recv.bodies[-1]["payoutState"] == "Cancelled"
+
+
+async def test_a_failed_payment_goes_back_to_awaiting_payment_and_is_retried(
+    aiohttp_client: ClientFactory, progressing: SimConfig, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    progressing.payment_failure_rate = 1.0
+    sim = await aiohttp_client(create_app(progressing))
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    await claim(sim, pp["id"], MINTER.mint(3_000_000).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) >= 6)
+    await sim.post("/_sim/settings", json={"payment_failure_rate": 0.0})
+    await eventually(lambda: recv.bodies[-1]["payoutState"] == "Completed")
+
+    states = [b["payoutState"] for b in recv.bodies]
+    assert states[:6] == [
+        "AwaitingApproval",
+        "AwaitingPayment",
+        "InProgress",
+        "AwaitingPayment",
+        "InProgress",
+        "AwaitingPayment",
+    ]
+    assert "Cancelled" not in states
+
+
+async def test_a_payout_whose_invoice_expired_before_payment_is_cancelled(
+    aiohttp_client: ClientFactory, progressing: SimConfig, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    progressing.progress_delays = ProgressDelays(start=1.5, settle=0.01)
+    sim = await aiohttp_client(create_app(progressing))
+    store_id = await make_store(sim)
+    await add_webhook(sim, store_id, url)
+    pp = await make_pull_payment(sim, store_id, auto_approve=True)
+    await claim(sim, pp["id"], MINTER.mint(3_000_000, expiry=1).bolt11)
+
+    await eventually(lambda: len(recv.deliveries) == 3)
+
+    assert [b["payoutState"] for b in recv.bodies] == [
+        "AwaitingApproval",
+        "AwaitingPayment",
+        "Cancelled",
+    ]
 
 
 async def test_silent_cancel_changes_state_without_any_webhook(
@@ -937,14 +1357,25 @@ def test_command_line_flags_and_environment_build_the_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FLASH_BTCPAY_SIM_CANCEL_RATE", "0.25")
+    monkeypatch.setenv("FLASH_BTCPAY_SIM_ADMIN_KEY", "owner-key")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
 
     config = config_from_args(
-        parser.parse_args(["--no-auto-progress", "--settle-delay", "0.1", "--seed", "4"])
-    )
+        parser.parse_args(
+            ["--no-auto-progress", "--settle-delay", "0.1", "--seed", "4",
+             "--payment-failure-rate", "0.1", "--refund-bolt11-expiration", "0"]
+        )
+    )  # fmt: skip
+    default = config_from_args(parser.parse_args([]))
 
     assert config.cancel_rate == 0.25
+    assert config.payment_failure_rate == 0.1
+    assert config.refund_bolt11_expiration_days == 0
+    assert config.api_keys == {"owner-key": ["unrestricted"]}
+    assert config.permissive_keys is False
     assert config.auto_progress is False
     assert config.progress_delays.settle == 0.1
     assert config.seed == 4
+    assert default.refund_bolt11_expiration_days == 30
+    assert config_from_args(parser.parse_args(["--permissive-keys"])).permissive_keys
