@@ -233,7 +233,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "counter",
         "LNURL-withdraw callbacks of accepted taps on the gateway's own cards, by store and "
         "outcome: paid, or why not (invoice_refused, duplicate_invoice, over_limit, "
-        "card_unusable, btcpay_refused, btcpay_unavailable).",
+        "card_unusable, btcpay_refused, btcpay_refused_expiry when the invoice expires sooner "
+        "than the pull payment's BOLT11Expiration allows, btcpay_unavailable).",
         labels=("store", "outcome"),
         area="taps",
         source="counters callbacks",

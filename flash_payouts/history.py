@@ -58,7 +58,7 @@ async def load_history(
                     id=secrets.token_hex(12),
                     store_id=store_id,
                     state="AwaitingPayment",
-                    revision=1,
+                    revision=0,  # BTCPay's revision stays 0 whatever the state
                     created_at=created,
                     pull_payment_id="history",
                     original_amount=Decimal(sats) / Decimal(100_000_000),
@@ -68,13 +68,14 @@ async def load_history(
                     payout_method_id="BTC-LN",
                     payment_hash=hashlib.sha256(preimage).hexdigest(),
                     amount_sats=sats,
+                    read_at=created,
                 )
                 link = CardLink(card_id, None, tap_id) if card_id else None
                 await upsert_payout(conn, record, source="reconcile", card=link, now=created)
                 final = rng.random()
                 if age == 0 and final < 0.1:
                     continue  # some of today's payouts are still on their way
-                record.revision, record.state = 3, "Completed" if final < 0.93 else "Cancelled"
+                record.state = "Completed" if final < 0.93 else "Cancelled"
                 if record.state == "Completed":
                     record.payment_proof = {
                         "proofType": "PayoutLightningBlob",
@@ -84,4 +85,5 @@ async def load_history(
                 else:
                     record.error_message = "Lightning payment failed"
                 done = created + timedelta(seconds=rng.lognormvariate(2.5, 1.0))
+                record.read_at = done
                 await upsert_payout(conn, record, source="reconcile", now=done)

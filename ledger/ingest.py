@@ -195,7 +195,6 @@ async def sync_state(conn: AsyncConnection, store_id: str) -> dict[str, Any] | N
 
 @dataclass(frozen=True)
 class KnownPayout:
-    revision: int
     state: str
     destination: str | None
     payment_hash: str | None
@@ -209,8 +208,8 @@ class KnownPayout:
     pull_payment_id: str | None
 
 
-# The fields of a payout BTCPay may change (reconciling compares them); with the revision,
-# what the ledger reads back to decide whether an update is new.
+# The fields of a payout BTCPay may change: a view that differs from the ledger's in none of
+# them has nothing to write (reconciling compares them before writing anything).
 PAYOUT_FIELDS = (
     "state",
     "destination",
@@ -224,7 +223,7 @@ PAYOUT_FIELDS = (
     "transaction_id",
     "pull_payment_id",
 )
-_KNOWN_COLUMNS = ("revision", *PAYOUT_FIELDS)
+_KNOWN_COLUMNS = PAYOUT_FIELDS
 
 
 async def known_payouts(conn: AsyncConnection, payout_ids: Sequence[str]) -> dict[str, KnownPayout]:

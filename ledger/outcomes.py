@@ -40,6 +40,9 @@ CALLBACK_OUTCOMES: tuple[str, ...] = (
     "over_limit",
     "card_unusable",
     "btcpay_refused",
+    # BTCPay refused the claim because the invoice expires sooner than the pull payment's
+    # BOLT11Expiration allows (lnurl_gateway/claim_refusals.py).
+    "btcpay_refused_expiry",
     "btcpay_unavailable",
 )
 

@@ -1,7 +1,9 @@
 """Writing payouts and their audit trail: one transaction per fact, rollups included.
 
 The rules that make BTCPay's unreliable delivery converge:
-- a payout is keyed by BTCPay's payout id and its ``revision`` never moves backwards;
+- a payout is keyed by BTCPay's payout id, and of two views of it the ledger keeps the one
+  ``view_supersedes`` picks: by BTCPay's state machine and by when each view was read from
+  BTCPay, never by BTCPay's ``revision`` (which does not move when the state does);
 - a webhook delivery is recorded once, by BTCPay's (original) delivery id;
 - a payout is linked to a card exactly once, whether the tap or the payout arrives first.
 """
@@ -43,9 +45,44 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# BTCPay's state that no payout ever leaves.
+FINAL_STATE = "Completed"
+
+
+def view_supersedes(
+    held_state: str, held_read_at: datetime | None, state: str, read_at: datetime
+) -> bool:
+    """Whether BTCPay's view of a payout (its ``state``, read from BTCPay at ``read_at``)
+    replaces the view the ledger holds. The one ordering rule of every writer.
+
+    BTCPay's ``revision`` cannot order two views: it stays where it was (0 for almost every
+    payout) through approval, payment and cancelling. What can:
+
+    - Completed is final: BTCPay refuses to mark or cancel a Completed payout. A Completed view
+      replaces whatever the ledger holds, however late it arrives, and only a Completed view
+      read later (a refresh of the same final view) replaces a Completed one.
+    - Otherwise the view read from BTCPay later wins, whichever arrives last. So no view read
+      earlier overwrites Cancelled either (BTCPay can reopen a Cancelled payout by marking it,
+      which only a view read later can show), and between the states on the way the newer
+      read wins: a stale InProgress from a slow fetch never undoes an AwaitingPayment read
+      after it, and BTCPay's own step back (a failed payment retried) is kept.
+
+    A view the ledger holds without a read time (written before this rule) is older than any.
+    """
+    later = held_read_at is None or read_at > held_read_at
+    if held_state == FINAL_STATE:
+        return state == FINAL_STATE and later
+    return state == FINAL_STATE or later
+
+
 @dataclass
 class PayoutRecord:
-    """BTCPay's view of one payout, already normalised from the 1.x or 2.x JSON shape."""
+    """BTCPay's view of one payout, already normalised from the 1.x or 2.x JSON shape.
+
+    ``read_at`` is when the view was read from BTCPay: the writer sets the moment it asked
+    (the claim, the payout fetch, the payout list), which orders the view against the others
+    (``view_supersedes``). Left alone it is the moment the record was made.
+    """
 
     id: str
     store_id: str
@@ -66,6 +103,7 @@ class PayoutRecord:
     payment_proof: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     error_message: str | None = None
+    read_at: datetime = field(default_factory=utcnow)
 
     @property
     def status(self) -> str:
@@ -90,6 +128,7 @@ class PayoutRecord:
             "payment_proof": self.payment_proof,
             "metadata": self.metadata,
             "error_message": self.error_message,
+            "btcpay_read_at": self.read_at,
         }
 
 
@@ -112,7 +151,7 @@ class UpsertResult:
     notes: list[str] = field(default_factory=list)
 
 
-# Columns compared to decide whether a same-revision write changes anything.
+# Columns compared to decide whether a view that supersedes the ledger's changes anything.
 _COMPARED = (
     "state",
     "original_amount",
@@ -214,7 +253,7 @@ async def upsert_payout(
     card: CardLink | None = None,
     now: datetime | None = None,
 ) -> UpsertResult:
-    """Insert or update a payout from BTCPay's view of it, never moving ``revision`` backwards.
+    """Insert or update a payout from BTCPay's view of it, as ``view_supersedes`` orders views.
 
     Rollups and counters move in the same transaction. When the write changes the payout an
     audit row is written (or, with ``event_id``, the webhook's own row is completed).
@@ -252,12 +291,12 @@ async def upsert_payout(
             .one()
         )
         result = UpsertResult(record.id, False, False, current["status"], current["status"])
-        update_values = _update_values(deltas, current, record, now)
+        update_values, changed = _update_values(deltas, current, record, now)
         if update_values is not None:
             await conn.execute(
                 update(payouts_t).where(payouts_t.c.id == record.id).values(**update_values)
             )
-            result.changed = True
+            result.changed = changed
             result.status = record.status
 
     if result.changed:
@@ -292,14 +331,18 @@ async def upsert_payout(
 
 def _update_values(
     deltas: RollupDeltas, current: Any, record: PayoutRecord, now: datetime
-) -> dict[str, Any] | None:
-    """The columns to write over the ledger's ``current`` row, counting the change in
-    ``deltas``; None when BTCPay's view is older or the same."""
+) -> tuple[dict[str, Any] | None, bool]:
+    """The columns to write over the ledger's ``current`` row and whether they change the
+    payout, counting the change in ``deltas``. (None, False) when the ledger's view stands;
+    only the read time when BTCPay's view supersedes it but says the same, so that a view
+    read in between cannot win later."""
+    if not view_supersedes(
+        current["state"], current["btcpay_read_at"], record.state, record.read_at
+    ):
+        return None, False
     values = record.columns()
-    newer = record.revision > current["revision"]
-    same = record.revision == current["revision"]
-    if not (newer or (same and any(_differs(current[c], values[c]) for c in _COMPARED))):
-        return None
+    if not any(_differs(current[c], values[c]) for c in _COMPARED):
+        return {"btcpay_read_at": record.read_at}, False
     _count_payout(deltas, _as_record(current), -1)
     _count_payout(deltas, record, +1)
     completed_at = current["completed_at"]
@@ -320,7 +363,7 @@ def _update_values(
         "created_at": current["created_at"],
         "completed_at": completed_at,
         "updated_at": now,
-    }
+    }, True
 
 
 def count_created(deltas: RollupDeltas, record: PayoutRecord, now: datetime) -> None:
@@ -542,6 +585,7 @@ async def _upsert_distinct(
 
     results: dict[str, UpsertResult] = {}
     updates: list[dict[str, Any]] = []
+    touches: list[dict[str, Any]] = []
     for record in records:
         if record.id in inserted:
             results[record.id] = UpsertResult(record.id, True, True, None, record.status)
@@ -550,17 +594,22 @@ async def _upsert_distinct(
         row = current[record.id]
         result = UpsertResult(record.id, False, False, row["status"], row["status"])
         results[record.id] = result
-        values = _update_values(deltas, row, record, now)
-        if values is not None:
-            updates.append({"_id": record.id, **{f"_{k}": v for k, v in values.items()}})
+        values, changed = _update_values(deltas, row, record, now)
+        if values is None:
+            continue
+        rows = updates if changed else touches
+        rows.append({"_id": record.id, **{f"_{k}": v for k, v in values.items()}})
+        if changed:
             result.changed, result.status = True, record.status
-    if updates:
-        columns = [k[1:] for k in updates[0] if k != "_id"]
+    for rows in (updates, touches):
+        if not rows:
+            continue
+        columns = [k[1:] for k in rows[0] if k != "_id"]
         await conn.execute(
             update(payouts_t)
             .where(payouts_t.c.id == bindparam("_id"))
             .values({n: bindparam(f"_{n}", type_=payouts_t.c[n].type) for n in columns}),
-            sorted(updates, key=lambda u: u["_id"]),
+            sorted(rows, key=lambda u: u["_id"]),
         )
 
     await _audit_changes(conn, records, results, deltas, source, event_type, events or {}, now)

@@ -206,6 +206,9 @@ class Payout(Base):
     created_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # When the view in this row was read from BTCPay: what orders it against another view
+    # (ledger.payouts.view_supersedes). BTCPay's revision cannot, it does not move.
+    btcpay_read_at: Mapped[datetime | None]
 
 
 class PayoutEvent(Base):

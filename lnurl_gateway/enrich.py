@@ -3,7 +3,8 @@
 The queue is the ledger (``payout_events.enrich_pending``), so nothing waits in memory: a
 restart, a crash or a BTCPay outage leaves the events where they are, and the next pass picks
 them up. Several events for one payout need one fetch, since Greenfield answers with the payout
-as it is now; ``upsert_payouts`` never moves a revision backwards, so out-of-order events and
+as it is now. Each fetched view carries the moment it was asked for, and ``upsert_payouts``
+keeps the view read last (Completed once seen), so out-of-order events, a slow fetch and
 concurrent workers converge on BTCPay's state.
 
 While a store's BTCPay cannot be reached the worker backs off for that store alone, doubling the
@@ -19,6 +20,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -106,14 +108,21 @@ class Enricher:
         """Fetch every group's payout concurrently, then write them all in one transaction."""
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def fetch(group: list[PendingEvent]) -> dict[str, Any] | None:
+        async def fetch(group: list[PendingEvent]) -> tuple[dict[str, Any] | None, datetime]:
             async with limit:
-                return await self._fetch(targets.get(group[0].store_id), group, stats)
+                asked_at = datetime.now(UTC)
+                return await self._fetch(targets.get(group[0].store_id), group, stats), asked_at
 
         fetched = await asyncio.gather(*(fetch(g) for g in groups))
-        done = [(g, data) for g, data in zip(groups, fetched, strict=True) if data is not None]
-        failed = [e.id for g, data in zip(groups, fetched, strict=True) if data is None for e in g]
-        payout_ids = [g[0].payout_id for g, _ in done]
+        done = [
+            (g, data, asked_at)
+            for g, (data, asked_at) in zip(groups, fetched, strict=True)
+            if data is not None
+        ]
+        failed = [
+            e.id for g, (data, _) in zip(groups, fetched, strict=True) if data is None for e in g
+        ]
+        payout_ids = [g[0].payout_id for g, _, _ in done]
         async with readonly(self.engine).connect() as conn:
             known = await known_payouts(conn, payout_ids)
         # Reading new invoices is CPU work: a thread keeps the webhook receiver answering.
@@ -204,15 +213,17 @@ class Enricher:
 
 
 def _shape(
-    done: list[tuple[list[PendingEvent], dict[str, Any]]], known: dict[str, KnownPayout]
+    done: list[tuple[list[PendingEvent], dict[str, Any], datetime]],
+    known: dict[str, KnownPayout],
 ) -> list[tuple[list[PendingEvent], PayoutRecord | None]]:
     decode = decoder_knowing(known)
     shaped: list[tuple[list[PendingEvent], PayoutRecord | None]] = []
-    for group, data in done:
+    for group, data, asked_at in done:
         record = None
         if data:
             try:
                 record = normalise_payout(data, group[0].store_id, decode=decode)
+                record.read_at = asked_at
             except PayoutShapeError as exc:
                 log.warning("store %s: payout not enriched: %s", group[0].store_id, exc)
         shaped.append((group, record))

@@ -3,7 +3,9 @@
 Every call has a timeout. Idempotent calls (GET, PUT, DELETE) are retried with exponential
 backoff on network errors, timeouts and 5xx answers; POSTs are never retried, since a claim or a
 webhook registration that timed out may still have happened. Errors are typed so callers can
-tell "BTCPay is down, try later" from "this key cannot do that".
+tell "BTCPay is down, try later" from "this key cannot do that", and carry what BTCPay said:
+the permission a 403 names in ``missingPermission``, and a 422's list of ``{path, message}``
+(``path`` is the C# property name: ``Destination``, ``Amount``, ``PayoutMethodId``, ...).
 
 The API key is sent as ``Authorization: token <key>`` and never appears in an error or a log.
 """
@@ -44,7 +46,13 @@ _IMPLIES: dict[str, tuple[str, ...]] = {
     "btcpay.store.webhooks.canmodifywebhooks": ("btcpay.store.webhooks.canviewwebhooks",),
 }
 
-_PERMISSION_IN_MESSAGE = re.compile(r"permission:\s*([a-z][a-z0-9_.]*[a-z0-9])", re.IGNORECASE)
+# Older servers name the permission only in the message, after "permission" (quoted or not).
+_PERMISSION_IN_MESSAGE = re.compile(
+    r"permission:?\s*\"?(btcpay\.[a-z0-9_.]*[a-z0-9]|unrestricted)", re.IGNORECASE
+)
+# LightningLikePayoutHandler.ValidateClaimDestination's refusal of an invoice that expires
+# before the pull payment's BOLT11Expiration.
+_EXPIRY_TOO_SOON = re.compile(r"BOLT11 invoice must have an expiry date of at least", re.I)
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_ELEMENT_BYTES = 16 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -95,7 +103,22 @@ class GreenfieldValidationError(GreenfieldError):
 
 
 class GreenfieldNotFound(GreenfieldError):
-    """404: no such store, payout, pull payment or webhook (or the key may not see it)."""
+    """404: no such payout, pull payment or webhook. (A store that does not exist, or that the
+    key cannot see, is a 403 naming the missing permission.)"""
+
+
+def refused_for_invoice_expiry(error: GreenfieldError) -> bool:
+    """Whether BTCPay refused a claim because the invoice expires sooner than the pull
+    payment's BOLT11Expiration allows: a 422 on ``Destination`` with BTCPay's message."""
+    return (
+        isinstance(error, GreenfieldValidationError)
+        and error.status == 422
+        and any(
+            str(e.get("path", "")).lower() == "destination"
+            and _EXPIRY_TOO_SOON.search(str(e.get("message", "")))
+            for e in error.errors
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -389,11 +412,13 @@ async def _error_from(response: aiohttp.ClientResponse) -> GreenfieldError:
         body: Any = json.loads(raw) if raw.strip() else None
     except (ValueError, aiohttp.ClientError, TimeoutError, OSError):
         body = None
-    code = message = None
+    code = message = named_permission = None
     errors: list[dict[str, Any]] = []
     if isinstance(body, dict):
         code = body.get("code") if isinstance(body.get("code"), str) else None
         message = body.get("message") if isinstance(body.get("message"), str) else None
+        if isinstance(body.get("missingPermission"), str) and body["missingPermission"]:
+            named_permission = body["missingPermission"]
     elif isinstance(body, list):  # 422: [{"path", "message"}, ...]
         errors = [e for e in body if isinstance(e, dict)]
         message = "; ".join(
@@ -403,12 +428,16 @@ async def _error_from(response: aiohttp.ClientResponse) -> GreenfieldError:
     where = f"{response.method} {response.url.path}"
     text = message or response.reason or "no detail"
     if status in (401, 403):
-        found = _PERMISSION_IN_MESSAGE.search(message or "")
+        if named_permission is None:
+            found = _PERMISSION_IN_MESSAGE.search(message or "")
+            named_permission = found.group(1) if found else None
+        if named_permission is not None:
+            text = f"missing permission {named_permission}"
         return GreenfieldAuthError(
             f"BTCPay refused {where} ({status}): {text}",
             status=status,
             code=code,
-            missing_permission=found.group(1) if found else None,
+            missing_permission=named_permission,
         )
     if status == 404:
         return GreenfieldNotFound(f"BTCPay: not found: {where}", status=status, code=code)

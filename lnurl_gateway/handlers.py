@@ -34,6 +34,7 @@ from ledger.secretbox import SecretBox
 
 from .boltcard import C_LEN, P_LEN, BadParam, parse_hex_param, verify_c
 from .btcpay_proxy import btcpay_reads, handle_unmanaged_tap, proxy_configured
+from .claim_refusals import claim_refusal
 from .greenfield import (
     GreenfieldClient,
     GreenfieldError,
@@ -468,6 +469,7 @@ class BoltcardGateway:
 
     async def _claim(self, held: _Held, invoice: DecodedInvoice) -> dict[str, Any]:
         client = self.client_for(held.btcpay_url)
+        asked_at = datetime.now(UTC)  # the claim's answer is BTCPay's view as of then
         try:
             data = await asyncio.wait_for(
                 client.claim_payout(held.pull_payment_id, invoice.payment_request, "BTC-LN"),
@@ -479,6 +481,9 @@ class BoltcardGateway:
             )
             return await self._release(held, BTCPAY_UNAVAILABLE, reason)
         except GreenfieldError as exc:
+            refusal = claim_refusal(exc)
+            if refusal is not None:
+                return await self._release(held, *refusal)
             return await self._release(held, BTCPAY_REFUSED, f"BTCPay refused: {_short(exc)}")
 
         try:
@@ -489,6 +494,7 @@ class BoltcardGateway:
             return {"status": "OK"}
         record.payment_hash = invoice.payment_hash
         record.amount_sats = held.amount_msat // 1000
+        record.read_at = asked_at
         link = CardLink(held.card_id, held.tap_uid, held.tap_id) if held.card_tracking else None
         claim = ledger_taps.Claim(record, held.tap_id, link)
         # The usual case on PostgreSQL in one statement: a payout new to the ledger.

@@ -4,8 +4,9 @@ Webhooks get lost, and BTCPay's auto-cancel of a too-small payout sends none at 
 full listing (``includeCancelled=true``) is sure to see everything. The list arrives as one
 unpaged array; it is parsed as it streams and handled a page at a time: the ledger's view of
 the page is read in one query, and only payouts that differ are written (source "reconcile"),
-all in one transaction through ``upsert_payouts``, which keeps the revision rule and the
-rollups exactly as one write per payout would.
+all in one transaction through ``upsert_payouts``, which keeps the ordering rule and the
+rollups exactly as one write per payout would. Every payout of the list is a view read when
+the list was asked for: a page written after a webhook's fetch of a payout does not undo it.
 
 A payout whose destination the ledger already holds is not decoded again: its payment hash and
 invoice amount are taken from the ledger, which makes a routine pass cheap.
@@ -19,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -62,10 +64,11 @@ class ReconcileResult:
 
 
 def _differs(record: PayoutRecord, known: KnownPayout | None) -> bool:
-    if known is None or record.revision > known.revision:
+    """Whether the page's view says anything the ledger does not hold. Whether it may say it
+    is the ledger's rule (``view_supersedes``): a payout changed since the list was read keeps
+    the newer view."""
+    if known is None:
         return True
-    if record.revision < known.revision:
-        return False
     return any(getattr(record, name) != getattr(known, name) for name in PAYOUT_FIELDS)
 
 
@@ -89,17 +92,19 @@ async def reconcile_store(
 
     page: list[dict[str, Any]] = []
     writer = _PageWriter(engine, result)
+    # BTCPay reads the whole list when asked; every payout on it is a view as of then.
+    asked_at = datetime.now(UTC)
     try:
         try:
             async for item in client.iter_payouts(store_id, True, progress=on_bytes):
                 page.append(item)
                 if len(page) >= page_size:
-                    await writer.submit(await _read_page(engine, store_id, page, result))
+                    await writer.submit(await _read_page(engine, store_id, page, result, asked_at))
                     page = []
                     if progress is not None:
                         progress(store_id, result.seen, received[0], received[1])
             if page:
-                await writer.submit(await _read_page(engine, store_id, page, result))
+                await writer.submit(await _read_page(engine, store_id, page, result, asked_at))
         finally:
             await writer.finish()
         if progress is not None:
@@ -136,13 +141,14 @@ async def _read_page(
     store_id: str,
     page: list[dict[str, Any]],
     result: ReconcileResult,
+    asked_at: datetime,
 ) -> list[PayoutRecord]:
     """The page's payouts that differ from the ledger."""
     ids = [p["id"] for p in page if isinstance(p.get("id"), str)]
     async with readonly(engine).connect() as conn:
         known = await known_payouts(conn, ids)
     # Reading new invoices is CPU work: a thread keeps the event loop (and webhooks) moving.
-    records, skipped = await asyncio.to_thread(_normalise_page, page, store_id, known)
+    records, skipped = await asyncio.to_thread(_normalise_page, page, store_id, known, asked_at)
     result.seen += len(page)
     result.skipped += skipped
     return [r for r in records if _differs(r, known.get(r.id))]
@@ -183,13 +189,15 @@ class _PageWriter:
 
 
 def _normalise_page(
-    page: list[dict[str, Any]], store_id: str, known: dict[str, KnownPayout]
+    page: list[dict[str, Any]], store_id: str, known: dict[str, KnownPayout], asked_at: datetime
 ) -> tuple[list[PayoutRecord], int]:
     decode = decoder_knowing(known)
     records, skipped = [], 0
     for data in page:
         try:
-            records.append(normalise_payout(data, store_id, decode=decode))
+            record = normalise_payout(data, store_id, decode=decode)
+            record.read_at = asked_at
+            records.append(record)
         except PayoutShapeError as exc:
             skipped += 1
             log.warning("store %s: payout skipped: %s", store_id, exc)

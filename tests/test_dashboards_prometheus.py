@@ -75,7 +75,7 @@ async def btcpay_news(gw: Setup, delivery: str) -> None:
                     id=row["id"],
                     store_id=row["store_id"],
                     state="Completed",
-                    revision=row["revision"] + 1,
+                    revision=row["revision"],
                     created_at=row["created_at"],
                     pull_payment_id=row["pull_payment_id"],
                     original_amount=row["original_amount"],

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import ledger.btcpay_cards as proxy
 import ledger.taps as ledger_taps
+import lnurl_gateway.claim_refusals as claim_refusals
 import lnurl_gateway.handlers as handlers
 from exporter.catalogue import BY_NAME
 from ledger.outcomes import (
@@ -36,6 +37,7 @@ NOT_OUTCOMES = {
     ledger_taps: {"CLAIMING", "WIDEN_CARD_USE"}
     | {name for name in dir(ledger_taps) if name.startswith("REASON_")},
     proxy: {"ORIGIN", "SOURCE"},
+    claim_refusals: {"REASON_INVOICE_EXPIRY"},
 }
 
 
@@ -54,6 +56,7 @@ def test_every_gateway_outcome_is_in_the_shared_lists() -> None:
         assert getattr(handlers, name) in CALLBACK_OUTCOMES, name
     assert ledger_taps.ACCEPTED in GATEWAY_TAP_OUTCOMES
     assert ledger_taps.PAID in CALLBACK_OUTCOMES
+    assert claim_refusals.BTCPAY_REFUSED_EXPIRY in CALLBACK_OUTCOMES
 
 
 def test_every_btcpay_proxy_outcome_is_in_the_shared_lists() -> None:

@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from api_fixtures import api_client
+from exporter_fixtures import scrape
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,9 +35,11 @@ from ledger.schema import (
 )
 from ledger.secretbox import SecretBox
 from ledger.stores import set_card_tracking, upsert_store
+from ledger.tokens import create_token
 from lnurl_gateway.app import REGISTRY, GatewayConfig, create_app
 from lnurl_gateway.boltcard import make_tap
-from lnurl_gateway.greenfield import GreenfieldClient
+from lnurl_gateway.claim_refusals import REASON_INVOICE_EXPIRY
+from lnurl_gateway.greenfield import GreenfieldClient, GreenfieldValidationError
 from lnurl_gateway.invoices import encode_invoice
 from lnurl_gateway.reconcile import reconcile_store
 from lnurl_gateway.registry import CardRegistry, KeyRing
@@ -61,7 +65,8 @@ DERIVED_KEYS = {
 }
 DERIVED_ID = "e07ce1279d980ecb892a81924b67bf18"
 UNKNOWN_UID = bytes.fromhex("04000000000001")
-ADMIN = {"Authorization": "token admin-key"}
+ADMIN_KEY = "admin-key"
+ADMIN = {"Authorization": f"token {ADMIN_KEY}"}
 PUBLIC_URL = "https://pay.example.test"
 
 
@@ -115,12 +120,14 @@ async def sim_store_and_pull_payment(
 ) -> tuple[str, str]:
     async with http.post(f"{sim_url}/api/v1/stores", json={"name": "cards"}, headers=ADMIN) as r:
         store_id = (await r.json())["id"]
+    # As the guides create a card's pull payment: BOLT11Expiration 0, explicitly.
     body = {
         "name": "card pull payment",
         "amount": amount_btc,
         "currency": "BTC",
         "autoApproveClaims": True,
         "payoutMethods": ["BTC-LN"],
+        "BOLT11Expiration": 0,
     }
     url = f"{sim_url}/api/v1/stores/{store_id}/pull-payments"
     async with http.post(url, json=body, headers=ADMIN) as r:
@@ -151,7 +158,9 @@ async def running_gateway(
     engine: AsyncEngine, master_key_hex: str, **config: Any
 ) -> AsyncIterator[Setup]:
     box = SecretBox.from_text(master_key_hex)
-    sim = await start(SimConfig(network="bcrt", auto_progress=False))
+    sim = await start(
+        SimConfig(network="bcrt", api_keys={ADMIN_KEY: ["unrestricted"]}, auto_progress=False)
+    )
     http = aiohttp.ClientSession()
     try:
         store_id, pp_id = await sim_store_and_pull_payment(http, sim.url)
@@ -528,6 +537,59 @@ async def test_btcpay_refusal_releases_the_reservation(gw: Setup) -> None:
     assert (await gw.callback(request["k1"], invoice(500)))["reason"] == "k1 already used"
 
 
+async def test_a_one_hour_invoice_on_a_default_pull_payment_is_refused_for_its_expiry(
+    gw: Setup, aiohttp_client: Any
+) -> None:
+    # A pull payment made with BTCPay's defaults: BOLT11Expiration is the store's 30 days.
+    body = {"name": "defaults", "amount": "1", "currency": "BTC", "autoApproveClaims": True,
+            "payoutMethods": ["BTC-LN"]}  # fmt: skip
+    url = f"{gw.sim_url}/api/v1/stores/{gw.store_id}/pull-payments"
+    async with gw.http.post(url, json=body, headers=ADMIN) as resp:
+        pull_payment = await resp.json()
+    uid = "04112233445566"
+    added = await gw.registry.add_card(gw.store_id, pull_payment_id=pull_payment["id"], uid=uid)
+    async with gw.engine.begin() as conn:
+        _, token = await create_token(conn, gw.store_id, "viewer")
+    api = await api_client(aiohttp_client, gw.engine)
+    poll = "/plugins/flash/api/events/poll"
+    viewer = {"Authorization": f"Bearer {token}"}
+    since = (await (await api.get(poll, headers=viewer)).json())["next"]
+    request = await gw.tap(*tap_of(added["programmer"], uid, 1))
+
+    async with GreenfieldClient(gw.sim_url, timeout=5) as anonymous:
+        with pytest.raises(GreenfieldValidationError) as direct:
+            await anonymous.claim_payout(pull_payment["id"], invoice(500, expiry=3600))
+    answer = await gw.callback(request["k1"], invoice(500, expiry=3600))
+
+    # BTCPay's own answer, as the simulator gives it ...
+    assert direct.value.status == 422
+    assert direct.value.errors == [
+        {
+            "path": "Destination",
+            "message": "The BOLT11 invoice must have an expiry date of at least 30 days from "
+            "submission (Provided was only 0).",
+        }
+    ]
+    # ... and what the wallet is told: the invoice's expiry, none of BTCPay's text.
+    assert answer == {"status": "ERROR", "reason": REASON_INVOICE_EXPIRY}
+    tap = (await gw.rows(select(CardTap.__table__)))[0]
+    assert (tap["outcome"], tap["reason"]) == ("btcpay_refused_expiry", REASON_INVOICE_EXPIRY)
+    assert await gw.scalar(select(CardDaySpend.reserved_msat)) == 0
+    assert await gw.scalar(select(func.count()).select_from(Payout)) == 0
+    # Counted under its own outcome: in the metrics ...
+    registry = await scrape(gw.engine)
+    expiry = {"store": gw.store_id, "outcome": "btcpay_refused_expiry"}
+    other = {**expiry, "outcome": "btcpay_refused"}
+    assert registry.get_sample_value("flash_callbacks_total", expiry) == 1
+    assert registry.get_sample_value("flash_callbacks_total", other) == 0
+    # ... and in the API's view of the store's taps.
+    polled = await api.get(poll, params={"after": since}, headers=viewer)
+    taps = [c["data"] for c in (await polled.json())["changes"] if c["type"] == "tap"]
+    assert [(t["outcome"], t["reason"]) for t in taps] == [
+        ("btcpay_refused_expiry", REASON_INVOICE_EXPIRY)
+    ]
+
+
 async def test_a_payout_cancelled_later_gives_its_day_reservation_back(gw: Setup) -> None:
     added = await issue_card(gw, day_limit_sats=3000)
     uid = "04112233445566"
@@ -540,7 +602,7 @@ async def test_a_payout_cancelled_later_gives_its_day_reservation_back(gw: Setup
     url = f"{gw.sim_url}/api/v1/stores/{gw.store_id}/payouts/{payout_id}"
     async with gw.http.delete(url, headers=ADMIN) as resp:
         assert resp.status == 200
-    client = GreenfieldClient(gw.sim_url, "admin-key", timeout=5, retries=0)
+    client = GreenfieldClient(gw.sim_url, ADMIN_KEY, timeout=5, retries=0)
     try:
         for _ in range(2):
             await reconcile_store(gw.engine, client, gw.store_id)

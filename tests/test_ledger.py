@@ -32,13 +32,16 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 def payout(
-    pid: str = "PO1", state: str = "AwaitingApproval", revision: int = 0, **kw
+    pid: str = "PO1", state: str = "AwaitingApproval", read: float | None = None, **kw
 ) -> PayoutRecord:
+    """BTCPay's view of a payout, read ``read`` seconds after T0 (default: when made).
+
+    Its revision is 0, as BTCPay's is for almost every payout whatever its state."""
     fields = dict(
         id=pid,
         store_id="store-a",
         state=state,
-        revision=revision,
+        revision=0,
         created_at=T0,
         pull_payment_id="pp1",
         original_amount=Decimal("0.00021"),
@@ -49,6 +52,8 @@ def payout(
         payment_hash="ab" * 32,
         amount_sats=21000,
     )
+    if read is not None:
+        fields["read_at"] = T0 + timedelta(seconds=read)
     fields.update(kw)
     return PayoutRecord(**fields)
 
@@ -110,17 +115,13 @@ async def test_payout_moves_through_states_and_rollups_follow(engine: AsyncEngin
     assert await rollup(engine) == {"Pending": (1, 21000)}
 
     async with engine.begin() as conn:
-        res = await upsert_payout(
-            conn, payout(state="AwaitingPayment", revision=1), source="webhook"
-        )
+        res = await upsert_payout(conn, payout(state="AwaitingPayment"), source="webhook")
     assert res.changed and res.previous_status == "Pending" and res.status == "Processing"
     assert await rollup(engine) == {"Processing": (1, 21000)}
 
     later = T0 + timedelta(seconds=40)
     async with engine.begin() as conn:
-        await upsert_payout(
-            conn, payout(state="Completed", revision=3), source="reconcile", now=later
-        )
+        await upsert_payout(conn, payout(state="Completed"), source="reconcile", now=later)
     assert await rollup(engine) == {"Completed": (1, 21000)}
     c = await counters(engine)
     assert c[("payouts_created", "")] == 1
@@ -132,23 +133,82 @@ async def test_payout_moves_through_states_and_rollups_follow(engine: AsyncEngin
     async with engine.connect() as conn:
         row = (await conn.execute(select(Payout).where(Payout.id == "PO1"))).one()
         events = (await conn.execute(select(func.count()).select_from(PayoutEvent))).scalar_one()
-    assert row.state == "Completed" and row.status == "Completed" and row.revision == 3
+    assert row.state == "Completed" and row.status == "Completed" and row.revision == 0
     assert row.completed_at == later
     assert events == 3
 
 
-async def test_older_revision_never_moves_a_payout_backwards(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await upsert_payout(conn, payout(state="Completed", revision=4), source="reconcile")
-    async with engine.begin() as conn:
-        res = await upsert_payout(
-            conn, payout(state="AwaitingApproval", revision=0), source="webhook"
-        )
-    assert not res.changed and res.status == "Completed"
+async def held(engine: AsyncEngine) -> tuple[str, datetime]:
     async with engine.connect() as conn:
-        state, rev = (await conn.execute(select(Payout.state, Payout.revision))).one()
-    assert (state, rev) == ("Completed", 4)
+        return tuple((await conn.execute(select(Payout.state, Payout.btcpay_read_at))).one())
+
+
+async def test_a_stale_in_progress_view_delivered_after_completed_leaves_completed(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await upsert_payout(conn, payout(state="AwaitingPayment", read=1), source="gateway")
+        await upsert_payout(conn, payout(state="Completed", read=5), source="webhook")
+    async with engine.begin() as conn:
+        # A slow fetch, asked for before the payout completed, answers last.
+        stale = await upsert_payout(conn, payout(state="InProgress", read=3), source="webhook")
+
+    assert not stale.changed and stale.status == "Completed"
+    assert await held(engine) == ("Completed", T0 + timedelta(seconds=5))
     assert await rollup(engine) == {"Completed": (1, 21000)}
+    assert (await counters(engine))[("payouts_completed", "")] == 1
+
+
+async def test_completed_is_final_whatever_the_read_times(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await upsert_payout(conn, payout(state="InProgress", read=9), source="reconcile")
+        # Completed read "earlier" (another replica's clock): BTCPay never leaves Completed.
+        done = await upsert_payout(conn, payout(state="Completed", read=8), source="webhook")
+        after = await upsert_payout(conn, payout(state="AwaitingPayment", read=20), source="x")
+
+    assert done.changed and not after.changed
+    assert (await held(engine))[0] == "Completed"
+
+
+async def test_no_view_read_earlier_overwrites_cancelled_but_a_later_one_may(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await upsert_payout(conn, payout(state="Cancelled", read=10), source="webhook")
+        stale = await upsert_payout(conn, payout(state="AwaitingPayment", read=4), source="x")
+    assert not stale.changed and (await held(engine))[0] == "Cancelled"
+
+    # BTCPay lets a merchant mark a Cancelled payout AwaitingApproval again.
+    async with engine.begin() as conn:
+        reopened = await upsert_payout(conn, payout(state="AwaitingApproval", read=12), source="x")
+    assert reopened.changed and reopened.previous_status == "Failed"
+    assert await rollup(engine) == {"Pending": (1, 21000)}
+
+
+async def test_between_states_on_the_way_the_view_read_later_wins_whichever_arrives_last(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await upsert_payout(conn, payout(state="InProgress", read=2), source="webhook")
+        # BTCPay's own step back: the payment failed and will be tried again.
+        retried = await upsert_payout(conn, payout(state="AwaitingPayment", read=6), source="x")
+        # The reconciler's page, read before both, is written after them.
+        page = await upsert_payout(conn, payout(state="AwaitingApproval", read=1), source="x")
+
+    assert retried.changed and not page.changed
+    assert await held(engine) == ("AwaitingPayment", T0 + timedelta(seconds=6))
+
+
+async def test_a_later_view_saying_the_same_moves_only_the_read_time(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await upsert_payout(conn, payout(state="AwaitingPayment", read=1), source="webhook")
+        same = await upsert_payout(conn, payout(state="AwaitingPayment", read=7), source="x")
+        # Read between the two: older than what the ledger now knows BTCPay said at 7 s.
+        between = await upsert_payout(conn, payout(state="InProgress", read=4), source="x")
+
+    assert not same.changed and not between.changed
+    assert await held(engine) == ("AwaitingPayment", T0 + timedelta(seconds=7))
+    assert await count(engine, select(func.count()).select_from(PayoutEvent)) == 1
 
 
 async def test_same_revision_and_same_data_is_not_a_change(engine: AsyncEngine) -> None:
@@ -260,7 +320,7 @@ async def test_explicit_card_link_is_made_once(engine: AsyncEngine) -> None:
         first = await upsert_payout(conn, payout(), source="gateway", card=link)
     async with engine.begin() as conn:
         again = await upsert_payout(
-            conn, payout(revision=1, state="AwaitingPayment"), source="webhook", card=link
+            conn, payout(state="AwaitingPayment"), source="webhook", card=link
         )
     assert first.linked and not again.linked
     async with engine.connect() as conn:
@@ -268,20 +328,20 @@ async def test_explicit_card_link_is_made_once(engine: AsyncEngine) -> None:
 
 
 @pytest.mark.postgres
-async def test_concurrent_writers_converge_on_the_highest_revision(pg_engine: AsyncEngine) -> None:
-    states = ["AwaitingApproval", "AwaitingPayment", "InProgress", "Completed"]
-    records = [payout(state=states[min(r, 3)], revision=r) for r in range(12)] * 3
+async def test_concurrent_writers_converge_on_the_view_read_last(pg_engine: AsyncEngine) -> None:
+    # A payment failing and tried again and again, with no revision moving: whichever writer
+    # commits last, the view read last stays.
+    states = ["AwaitingPayment", "InProgress"]
+    records = [payout(state=states[r % 2], read=r) for r in range(12)] * 3
 
     async def write(rec: PayoutRecord) -> None:
         async with pg_engine.begin() as conn:
             await upsert_payout(conn, rec, source="webhook")
 
     await asyncio.gather(*(write(r) for r in reversed(records)))
-    async with pg_engine.connect() as conn:
-        state, rev = (await conn.execute(select(Payout.state, Payout.revision))).one()
-    assert (state, rev) == ("Completed", 11)
+    assert await held(pg_engine) == ("InProgress", T0 + timedelta(seconds=11))
     # Whatever order the writers ran in, the rollups hold exactly one payout.
-    assert await rollup(pg_engine) == {"Completed": (1, 21000)}
+    assert await rollup(pg_engine) == {"Processing": (1, 21000)}
     assert (await counters(pg_engine))[("payouts_created", "")] == 1
 
 

@@ -29,7 +29,8 @@ DAY0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
 
 def random_records(seed: int, count: int, pool: int) -> list[dict[str, Any]]:
-    """Facts about ``pool`` payouts in a random order: repeats, stale and same revisions."""
+    """Facts about ``pool`` payouts in a random order: repeats, views read earlier than the
+    ledger's, and views read at the same moment."""
     rng = random.Random(seed)
     facts = []
     for _ in range(count):
@@ -39,7 +40,8 @@ def random_records(seed: int, count: int, pool: int) -> list[dict[str, Any]]:
             dict(
                 id=f"P{n:03d}",
                 state=rng.choice(BTCPAY_STATES),
-                revision=rng.randrange(4),
+                revision=0,
+                read_at=NOW - timedelta(seconds=rng.randrange(100)),
                 created_at=DAY0 + timedelta(days=n % 3, seconds=n),
                 pull_payment_id=rng.choice(["PP1", "PP2"]),
                 original_amount=rng.choice([None, Decimal(rng.randrange(1, 5000)) / 100]),
