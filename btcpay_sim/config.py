@@ -29,6 +29,10 @@ class Faults:
     hang: bool = False  # Greenfield calls wait until hang is cleared or hang_timeout passes
     hang_timeout: float = 300.0
     drop_connections: bool = False  # Greenfield calls get their connection closed, no answer
+    # Answers held back on their way out, after BTCPay read its data: a view that arrives late
+    # and stale, as over a slow network.
+    slow_answer_rate: float = 0.0
+    slow_answer_delay: float = 0.5
     webhook_drop_rate: float = 0.0  # deliveries silently lost: never sent, never retried
     # Delivery attempts that fail on the way (no answer): BTCPay retries them in place, and the
     # webhook's later events wait behind them.

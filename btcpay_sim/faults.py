@@ -1,4 +1,5 @@
-"""Injected Greenfield faults: slow answers, 503s, hanging calls and dropped connections."""
+"""Injected Greenfield faults: slow answers, 503s, hanging calls, dropped connections, and
+answers held back after they were read (stale by the time they arrive)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ class FaultControl:
                     {"code": "service-unavailable", "message": "The server is unavailable"},
                     status=503,
                 )
-            return await handler(request)
+            response = await handler(request)
+            if faults.slow_answer_rate and self.rng.random() < faults.slow_answer_rate:
+                self.counters["slow_answers"] += 1
+                await asyncio.sleep(faults.slow_answer_delay)
+            return response
 
         return inject_faults

@@ -21,6 +21,7 @@ from lnurl_gateway.greenfield import (
     GreenfieldUnavailable,
     GreenfieldValidationError,
     permission_granted,
+    refused_for_invoice_expiry,
 )
 from lnurl_gateway.payout_shape import normalise_payout
 
@@ -30,7 +31,9 @@ ADMIN = "admin-key"
 
 @pytest.fixture
 async def sim() -> AsyncIterator[str]:
-    running = await start(SimConfig(auto_progress=False, seed=3))
+    running = await start(
+        SimConfig(api_keys={ADMIN: ["unrestricted"]}, auto_progress=False, seed=3)
+    )
     try:
         yield running.url
     finally:
@@ -48,6 +51,7 @@ async def _store_and_pull_payment(client: GreenfieldClient, auto_approve: bool =
             "currency": "SATS",
             "autoApproveClaims": auto_approve,
             "payoutMethods": ["BTC-LN"],
+            "BOLT11Expiration": 0,
         },
     )
     return store["id"], pp["id"]
@@ -107,6 +111,55 @@ async def test_key_without_payout_permission_names_it(sim: str) -> None:
     assert caught.value.status == 403
     assert caught.value.missing_permission == CAN_VIEW_PAYOUTS
     assert "weak" not in str(caught.value)
+
+
+async def test_a_store_the_key_cannot_see_is_a_403_naming_the_permission(sim: str) -> None:
+    async with GreenfieldClient(sim, ADMIN, timeout=5) as client:
+        with pytest.raises(GreenfieldAuthError) as caught:
+            await client.get_payout("no-such-store", "p1")
+    assert caught.value.status == 403
+    assert caught.value.missing_permission == CAN_VIEW_PAYOUTS
+    assert "missing permission btcpay.store.canviewpayouts" in caught.value.message
+
+
+async def test_missing_permission_is_read_from_btcpays_field_first() -> None:
+    async def denied(request: web.Request) -> web.Response:
+        # The message names nothing: only the field does.
+        body = {"code": "missing-permission", "message": "Insufficient API Permissions.",
+                "missingPermission": "btcpay.store.webhooks.canmodifywebhooks"}  # fmt: skip
+        return web.json_response(body, status=403)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/stores/{store}/webhooks", denied)
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        async with GreenfieldClient(url, "k", timeout=2, retries=0) as client:
+            with pytest.raises(GreenfieldAuthError) as caught:
+                await client.list_webhooks("S1")
+    assert caught.value.missing_permission == "btcpay.store.webhooks.canmodifywebhooks"
+
+
+async def test_a_claim_refused_for_the_invoices_expiry_is_told_apart(sim: str) -> None:
+    async with GreenfieldClient(sim, ADMIN, timeout=5) as client:
+        store_id, open_pp = await _store_and_pull_payment(client)
+        strict = await client._json(
+            "POST",
+            f"/api/v1/stores/{store_id}/pull-payments",
+            body={"amount": "100000", "currency": "SATS", "payoutMethods": ["BTC-LN"]},
+        )
+    refusals = []
+    async with GreenfieldClient(sim, timeout=5) as anonymous:
+        for pp_id, destination, amount in (
+            (strict["id"], MINTER.mint(21_000, expiry=3600).bolt11, None),
+            (open_pp, MINTER.mint(21_000).bolt11, "1"),  # 422 too, on Amount
+            (open_pp, "not an invoice", None),  # 422 too, on Destination
+        ):
+            with pytest.raises(GreenfieldValidationError) as caught:
+                await anonymous.claim_payout(pp_id, destination, amount=amount)
+            refusals.append(caught.value)
+
+    assert [refused_for_invoice_expiry(e) for e in refusals] == [True, False, False]
+    assert [e.status for e in refusals] == [422, 422, 422]
 
 
 def test_permissions_follow_btcpay_implications_and_store_scopes() -> None:

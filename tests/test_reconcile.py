@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from ledger.secretbox import SecretBox
 from ledger.stores import upsert_store
 from lnurl_gateway.btcpay_stores import StoreClients, seal_api_key, seal_webhook_secret
 from lnurl_gateway.greenfield import GreenfieldClient, GreenfieldError
-from lnurl_gateway.ingestion import RECONCILER, setup_ingestion
+from lnurl_gateway.ingestion import ENRICHER, RECONCILER, setup_ingestion
 from lnurl_gateway.reconcile import reconcile_all, reconcile_store
 from lnurl_gateway.webhooks import WEBHOOK_PATH
 
@@ -51,13 +54,21 @@ class Sim:
         return (await self.call("POST", "/api/v1/stores", {"name": "Shop"}))["id"]
 
     async def pull_payment(self, store_id: str) -> str:
-        body = {"name": "c", "amount": "100000000", "currency": "SATS", "autoApproveClaims": True}
+        body = {"name": "c", "amount": "100000000", "currency": "SATS", "autoApproveClaims": True,
+                "payoutMethods": ["BTC-LN"], "BOLT11Expiration": 0}  # fmt: skip
         return (await self.call("POST", f"/api/v1/stores/{store_id}/pull-payments", body))["id"]
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Sim]:
-    running = await start(SimConfig(auto_progress=False, redelivery_scale=0.001, seed=5))
+    running = await start(
+        SimConfig(
+            api_keys={API_KEY: ["unrestricted"]},
+            auto_progress=False,
+            redelivery_scale=0.001,
+            seed=5,
+        )
+    )
     simulator = Sim(running.url)
     try:
         yield simulator
@@ -66,10 +77,10 @@ async def sim() -> AsyncIterator[Sim]:
         await running.close()
 
 
-@pytest.fixture
-async def sim_process() -> AsyncIterator[Sim]:
-    """The simulator in a process of its own, as BTCPay would be: the load test's webhooks
-    then do not share an event loop with the receiver they are testing."""
+@contextlib.asynccontextmanager
+async def simulator_process(*flags: str) -> AsyncIterator[Sim]:
+    """The simulator in a process of its own, as BTCPay would be: its webhooks then do not
+    share an event loop with the receiver they are testing."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -80,11 +91,13 @@ async def sim_process() -> AsyncIterator[Sim]:
             "btcpay_sim",
             "--listen",
             f"127.0.0.1:{port}",
-            "--no-auto-progress",
+            "--admin-key",
+            API_KEY,
             "--redelivery-scale",
             "0.001",
             "--seed",
             "5",
+            *flags,
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -104,6 +117,12 @@ async def sim_process() -> AsyncIterator[Sim]:
         await simulator.api.close()
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+async def sim_process() -> AsyncIterator[Sim]:
+    async with simulator_process("--no-auto-progress") as simulator:
+        yield simulator
 
 
 async def connect(engine: AsyncEngine, box: SecretBox, url: str, store_id: str) -> None:
@@ -275,7 +294,7 @@ async def test_pages_are_written_while_the_list_is_still_arriving(
 def _payout(index: int) -> dict[str, Any]:
     return {
         "id": f"P{index:05d}",
-        "revision": 3,
+        "revision": 0,
         "pullPaymentId": "PP",
         "date": 1767225600 + index,
         "destination": f"bc1qexample{index}",
@@ -365,3 +384,149 @@ async def _wait_until_delivered_and_enriched(sim: Sim, engine: AsyncEngine) -> d
         previous = deliveries
         await asyncio.sleep(0.3)
     raise AssertionError("webhooks were not delivered and enriched in time")
+
+
+# Payouts of the convergence run: a few hundred in CI; the full acceptance run is
+# FLASH_CONVERGENCE_PAYOUTS=10000 (see docs/ingestion.md).
+CONVERGENCE_PAYOUTS = int(os.environ.get("FLASH_CONVERGENCE_PAYOUTS", "300"))
+_RANK = {"Pending": 0, "Processing": 1, "Completed": 2, "Failed": 2}
+
+
+class LedgerSampler:
+    """Reads every payout's status and state from the ledger every ``interval`` seconds and
+    keeps, per payout, the sequence of distinct (status, state) it was seen in."""
+
+    def __init__(self, engine: AsyncEngine, interval: float = 0.1) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.seen: dict[str, list[tuple[str, str]]] = {}
+        self.samples = 0
+        self._stop = asyncio.Event()
+
+    async def sample(self) -> None:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(Payout.id, Payout.status, Payout.state))).all()
+        self.samples += 1
+        for payout_id, status, state in rows:
+            history = self.seen.setdefault(payout_id, [])
+            if not history or history[-1] != (status, state):
+                history.append((status, state))
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            await self.sample()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+        await self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def backward_moves(self) -> list[str]:
+        """Completed and Cancelled that changed, and any status that went back (this run's
+        BTCPay never moves a payout back to AwaitingApproval)."""
+        found = []
+        for payout_id, history in self.seen.items():
+            for (status, state), (next_status, next_state) in itertools.pairwise(history):
+                if state in ("Completed", "Cancelled") or _RANK[next_status] < _RANK[status]:
+                    found.append(f"{payout_id}: {state} ({status}) -> {next_state} ({next_status})")
+        return found
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_realistic_payouts_under_lossy_blocking_webhooks_never_move_backwards(
+    pg_engine: AsyncEngine, box: SecretBox
+) -> None:
+    """Acceptance: payouts claimed and paid by BTCPay's own rules (revision constant, failed
+    payments retried, silent cancels) in four stores, webhooks 20% duplicated, 20% reordered,
+    10% dropped and 5% failing in transit (retried in place, blocking their webhook's queue),
+    a tenth of Greenfield's answers late. Two gateway replicas write at once: one takes the
+    webhooks, both enrich, the other also reconciles every second; so views read earlier keep
+    reaching the ledger after newer ones. Sampled every 100 ms, no payout's status ever moves
+    backwards; after one reconcile the ledger equals BTCPay."""
+    engine = pg_engine
+    flags = ("--start-delay", "0.5", "--settle-delay", "1.0", "--payment-failure-rate", "0.3",
+             "--cancel-rate", "0.02", "--silent-cancel-rate", "0.01")  # fmt: skip
+    async with simulator_process(*flags) as sim:
+        stores = [await sim.new_store() for _ in range(4)]
+        pull_payments = [await sim.pull_payment(store_id) for store_id in stores]
+        for store_id in stores:
+            await connect(engine, box, sim.url, store_id)
+        app, replica = web.Application(), web.Application()
+        setup_ingestion(app, engine=engine, box=box, reconcile_interval=3600, btcpay_timeout=10)
+        app[RECONCILER].first_delay = 3600
+        setup_ingestion(replica, engine=engine, box=box, reconcile_interval=1, btcpay_timeout=10)
+        replica[RECONCILER].first_delay = 0.5
+        replica[ENRICHER].poll_interval = 0.2
+        sampler = LedgerSampler(engine)
+        sampling = asyncio.create_task(sampler.run())
+        async with TestServer(app) as gateway, TestServer(replica):
+            for store_id in stores:
+                url = str(gateway.make_url(WEBHOOK_PATH))
+                await sim.api.create_webhook(store_id, url, SECRET)
+            faults = {"webhook_drop_rate": 0.10, "webhook_duplicate_rate": 0.20,
+                      "webhook_reorder_rate": 0.20, "webhook_reorder_delay": 0.05,
+                      "webhook_fail_rate": 0.05,
+                      # A tenth of Greenfield's answers arrive 0.3 s after BTCPay read them.
+                      "slow_answer_rate": 0.10, "slow_answer_delay": 0.3}  # fmt: skip
+            await sim.api._json("POST", "/_sim/faults", body=faults, auth=False)
+            await _claim_many(sim.url, pull_payments, CONVERGENCE_PAYOUTS)
+            stats = await _wait_until_settled(sim, engine)
+            sampler.stop()
+            await sampling
+            results = [(await sync(engine, box, store_id))[0] for store_id in stores]
+        btcpay = [p for store_id in stores for p in await sim.api.list_payouts(store_id)]
+        counters = (await sim.api._json("GET", "/_sim/stats", auth=False))["payoutCounters"]
+
+    assert len(btcpay) == CONVERGENCE_PAYOUTS
+    assert {p["revision"] for p in btcpay} == {0}
+    assert stats["dropped"] and stats["duplicated"] and stats["reordered"]
+    assert stats["redeliveries"] and counters["failed_payments"]
+    assert sampler.samples > 10
+    assert sampler.backward_moves() == []
+    assert all(r.ok for r in results)
+    assert sum(r.seen for r in results) == CONVERGENCE_PAYOUTS
+    assert mismatches(btcpay, await ledger_payouts(engine)) == []
+
+
+async def _claim_many(sim_url: str, pull_payments: list[str], count: int) -> None:
+    """``count`` claims, round robin over the pull payments, about 20 a second: payouts are
+    still moving at BTCPay while their events are delivered and enriched."""
+    minter = InvoiceMinter()
+    started = time.monotonic()
+    async with GreenfieldClient(sim_url, timeout=30) as anonymous:
+
+        async def claim(i: int) -> None:
+            await asyncio.sleep(max(0.0, started + i / 20 - time.monotonic()))
+            invoice = minter.mint((1_000 + i) * 1000, expiry=3600)
+            await anonymous.claim_payout(pull_payments[i % len(pull_payments)], invoice.bolt11)
+
+        limit = asyncio.Semaphore(8)
+
+        async def limited(i: int) -> None:
+            async with limit:
+                await claim(i)
+
+        await asyncio.gather(*(limited(i) for i in range(count)))
+
+
+async def _wait_until_settled(sim: Sim, engine: AsyncEngine) -> dict[str, int]:
+    """Until every payout at BTCPay is Completed or Cancelled, nothing is left to deliver and
+    the enrichment queue is empty, twice in a row."""
+    deadline = time.monotonic() + 3600
+    previous = None
+    while time.monotonic() < deadline:
+        stats = await sim.api._json("GET", "/_sim/stats", auth=False)
+        states = stats["payoutsByState"]
+        moving = sum(states[s] for s in ("AwaitingApproval", "AwaitingPayment", "InProgress"))
+        deliveries = {k: int(v) for k, v in stats["deliveries"].items()}
+        async with engine.connect() as conn:
+            pending = await count_pending_events(conn)
+        now = (moving, deliveries, pending)
+        if moving == 0 and deliveries.get("pending") == 0 and pending == 0 and now == previous:
+            return {k: deliveries.get(k, 0) for k in ("dropped", "duplicated", "reordered",
+                                                       "redeliveries", "sent")}  # fmt: skip
+        previous = now
+        await asyncio.sleep(0.5)
+    raise AssertionError("payouts did not settle in time")

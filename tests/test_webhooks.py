@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -55,7 +56,14 @@ class Shop:
 
 @pytest.fixture
 async def shop() -> AsyncIterator[Shop]:
-    running = await start(SimConfig(auto_progress=False, redelivery_scale=0.001, seed=11))
+    running = await start(
+        SimConfig(
+            api_keys={API_KEY: ["unrestricted"]},
+            auto_progress=False,
+            redelivery_scale=0.001,
+            seed=11,
+        )
+    )
     admin = GreenfieldClient(running.url, API_KEY, timeout=5, retries=0)
     try:
         store = await admin._json("POST", "/api/v1/stores", body={"name": "Shop"})
@@ -67,6 +75,8 @@ async def shop() -> AsyncIterator[Shop]:
                 "amount": "100000000",
                 "currency": "SATS",
                 "autoApproveClaims": True,
+                "payoutMethods": ["BTC-LN"],
+                "BOLT11Expiration": 0,
             },
         )
         yield Shop(running.url, store["id"], pp["id"], admin)
@@ -359,3 +369,94 @@ async def test_enrichment_converges_on_btcpay_state_whatever_the_event_order(
             (await conn.execute(select(Payout).where(Payout.id == claimed["id"]))).mappings().one()
         )
     assert row["state"] == "Completed" and row["status"] == "Completed"
+
+
+class SlowBtcpay:
+    """In front of the simulator: the next payout fetch is answered with the payout as it was
+    when asked, but only once released, as when BTCPay or the network is slow to answer."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.hold_next = False
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        held, self.hold_next = self.hold_next, False
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                request.method,
+                self.upstream + request.path_qs,
+                headers={"Authorization": request.headers.get("Authorization", "")},
+                data=await request.read() or None,
+            ) as answer,
+        ):
+            status, body = answer.status, await answer.read()
+        if held:
+            self.asked.set()
+            await self.release.wait()
+        return web.Response(status=status, body=body, content_type="application/json")
+
+
+async def test_a_stale_in_progress_fetch_answered_after_completed_leaves_completed(
+    engine: AsyncEngine, box: SecretBox, shop: Shop, receiver: str
+) -> None:
+    slow = SlowBtcpay(shop.url)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow.handle)
+    async with TestServer(app) as front:
+        shop_via_front = dataclasses.replace(shop, url=str(front.make_url("")).rstrip("/"))
+        await connect(engine, box, shop_via_front)
+        claimed = await shop.claim(4_000)
+        payout_url = f"/api/v1/stores/{shop.store_id}/payouts/{claimed['id']}"
+        await shop.admin._json("POST", payout_url + "/mark", body={"state": "InProgress"})
+
+        async def deliver(delivery: str, state: str) -> None:
+            body = json.dumps(
+                {"deliveryId": delivery, "webhookId": "W", "originalDeliveryId": delivery,
+                 "isRedelivery": False, "type": "PayoutUpdated", "timestamp": 1767225600,
+                 "storeId": shop.store_id, "payoutId": claimed["id"],
+                 "pullPaymentId": shop.pull_payment_id, "payoutState": state},
+                indent=2,
+            ).encode()  # fmt: skip
+            assert (await post(receiver, body, signature_of(SECRET, body)))[0] == 200
+
+        async def enrich() -> None:
+            clients = StoreClients(engine, box, timeout=30, retries=0)
+            try:
+                await Enricher(engine, clients).run_once()
+            finally:
+                await clients.close()
+
+        # The InProgress event's fetch is asked for, and its answer is slow to come back ...
+        await deliver("D1", "InProgress")
+        slow.hold_next = True
+        stale = asyncio.create_task(enrich())
+        await asyncio.wait_for(slow.asked.wait(), 10)
+        # ... meanwhile the payment completes, and its event is enriched at once.
+        await shop.admin._json("POST", payout_url + "/mark-paid")
+        await deliver("D2", "Completed")
+        await enrich()
+        assert (await _wait_for_payout(engine, claimed["id"], "Completed"))["status"] == "Completed"
+        # The stale InProgress answer arrives last.
+        slow.release.set()
+        await asyncio.wait_for(stale, 10)
+
+    async with engine.connect() as conn:
+        row = (
+            (await conn.execute(select(Payout).where(Payout.id == claimed["id"]))).mappings().one()
+        )
+        states = (
+            (
+                await conn.execute(
+                    select(PayoutEvent.state)
+                    .where(PayoutEvent.payout_id == claimed["id"], PayoutEvent.state.is_not(None))
+                    .order_by(PayoutEvent.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert (row["state"], row["status"]) == ("Completed", "Completed")
+    assert "InProgress" not in states[states.index("Completed") :]
