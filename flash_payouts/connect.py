@@ -17,6 +17,11 @@ from lnurl_gateway.reconcile import Progress, ReconcileResult, reconcile_all
 from lnurl_gateway.webhooks import PAYOUT_EVENTS
 
 
+class StoreNotVisible(GreenfieldAuthError):
+    """BTCPay refused, for this store, a permission the key holds: the store does not exist,
+    or the key's user cannot see it. BTCPay answers both alike (403, not 404)."""
+
+
 @dataclass(frozen=True)
 class Connected:
     store_id: str
@@ -37,7 +42,8 @@ async def connect_store(
     """Check the key's permissions, register the payout webhook with a fresh secret (sealed
     before the webhook exists, so BTCPay's first delivery finds it), and record the store.
 
-    Raises GreenfieldAuthError (with ``missing_permission``) for a key that cannot do the job.
+    Raises GreenfieldAuthError (with ``missing_permission``) for a key that cannot do the job,
+    and StoreNotVisible when the key may do it but BTCPay shows it no such store.
     """
     async with GreenfieldClient(btcpay_url, api_key, timeout=timeout) as client:
         info = await client.current_api_key()
@@ -46,6 +52,14 @@ async def connect_store(
             raise GreenfieldAuthError(
                 "missing permission", status=403, missing_permission=missing[0]
             )
+        try:
+            await client.list_webhooks(store_id)
+        except GreenfieldAuthError as exc:
+            if exc.missing_permission and info.allows(exc.missing_permission, store_id):
+                raise StoreNotVisible(
+                    exc.message, status=exc.status, missing_permission=exc.missing_permission
+                ) from None
+            raise
         name = ""
         with contextlib.suppress(GreenfieldAuthError):
             # The store's name needs canviewstoresettings, which connecting does not.

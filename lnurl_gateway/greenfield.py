@@ -285,6 +285,24 @@ class GreenfieldClient:
             await self._sleep(attempt)
             attempt += 1
 
+    async def get_pull_payment(self, pull_payment_id: str) -> dict[str, Any]:
+        """A pull payment (anonymous: its id is the secret), with its ``BOLT11Expiration``
+        (days) and ``autoApproveClaims``."""
+        return await self._json("GET", f"/api/v1/pull-payments/{_seg(pull_payment_id)}", auth=False)
+
+    async def pull_payment_pays_lightning(self, pull_payment_id: str) -> bool:
+        """Whether the pull payment pays BTC-LN (in BTC or SATS). A pull payment's JSON does not
+        list its payout methods; BTCPay gives its LNURL-withdraw exactly when it does."""
+        try:
+            await self._json(
+                "GET", f"/api/v1/pull-payments/{_seg(pull_payment_id)}/lnurl", auth=False
+            )
+        except GreenfieldValidationError as exc:
+            if exc.code == "lnurl-not-supported":
+                return False
+            raise
+        return True
+
     async def claim_payout(
         self,
         pull_payment_id: str,

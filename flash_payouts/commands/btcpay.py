@@ -7,6 +7,8 @@ import sys
 import time
 from typing import TextIO
 
+from ledger.btcpay_cards import ORIGIN
+from ledger.cards import list_cards
 from ledger.ingest import count_pending_events, sync_state
 from ledger.stores import list_stores
 from lnurl_gateway.greenfield import (
@@ -14,11 +16,11 @@ from lnurl_gateway.greenfield import (
     CAN_VIEW_PAYOUTS,
     GreenfieldAuthError,
     GreenfieldError,
-    GreenfieldNotFound,
 )
 from lnurl_gateway.webhooks import WEBHOOK_PATH
 
-from ..connect import connect_store, reconcile_stores
+from ..connect import StoreNotVisible, connect_store, reconcile_stores
+from ..pull_payments import read_all
 from ..runtime import ledger_secret_box, open_ledger, secret_box
 from ..settings import load
 from . import CommandError
@@ -46,7 +48,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         description="Check the API key (--btcpay-api-key) against --btcpay-url with "
         "GET /api/v1/api-keys/current, register a webhook for payout events with a fresh "
         "secret, and record the store with its key and secret sealed by the master key. "
-        f"The key needs {CAN_VIEW_PAYOUTS} and {CAN_MODIFY_WEBHOOKS} on the store.",
+        f"The key needs {CAN_VIEW_PAYOUTS} and {CAN_MODIFY_WEBHOOKS} on the store. Then read "
+        "the pull payments of the store's cards and name, on standard error, any that would "
+        "refuse or hold their claims (BOLT11Expiration above 0, no auto-approval, no BTC-LN).",
     )
     connect.add_argument("--store", required=True, metavar="STORE_ID", help="BTCPay store id")
     connect.add_argument(
@@ -97,14 +101,20 @@ async def _connect(args: argparse.Namespace) -> int:
             webhook_url=webhook_url,
             timeout=settings.btcpay_timeout,
         )
+        async with engine.connect() as conn:
+            cards = await list_cards(conn, store_id)
+    except StoreNotVisible as exc:
+        raise CommandError(
+            f"BTCPay at {settings.btcpay_url} shows this API key no store {store_id}: the key "
+            f"holds {exc.missing_permission}, yet BTCPay refused it for that store, which it "
+            "does for a store that does not exist or that the key's user cannot see"
+        ) from None
     except GreenfieldAuthError as exc:
         if exc.status == 401:
             raise CommandError(
                 f"BTCPay at {settings.btcpay_url} does not accept this API key"
             ) from None
         raise CommandError(_missing_message(exc.missing_permission, store_id)) from None
-    except GreenfieldNotFound:
-        raise CommandError(f"BTCPay has no store {store_id!r}") from None
     except GreenfieldError as exc:
         raise CommandError(exc.message) from None
     finally:
@@ -114,6 +124,18 @@ async def _connect(args: argparse.Namespace) -> int:
         f"connected store {store_id}{f' ({name})' if name else ''} at {settings.btcpay_url}: "
         f"webhook {webhook_id} -> {webhook_url}"
     )
+    # The gateway's own cards of the store claim through Greenfield: read their pull payments.
+    pull_payments = [
+        c.pull_payment_id
+        for c in cards
+        if c.origin != ORIGIN and c.pull_payment_id and c.wiped_at is None
+    ]
+    lines, unknown = await read_all(
+        settings.btcpay_url, pull_payments, timeout=settings.btcpay_timeout
+    )
+    lines += [f"BTCPay has no pull payment {pp}: its cards' claims are refused" for pp in unknown]
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -124,7 +146,7 @@ def _missing_message(permission: str | None, store_id: str) -> str:
     return (
         f"the API key lacks the permission {permission}"
         f"{' (' + why + ')' if why else ''} on store {store_id}; "
-        f"create a key with {CAN_VIEW_PAYOUTS} and {CAN_MODIFY_WEBHOOKS}"
+        f"create a key with {CAN_VIEW_PAYOUTS} and {CAN_MODIFY_WEBHOOKS} on it"
     )
 
 

@@ -3,6 +3,11 @@
 With BTCPay's issuer key the gateway reads every tap of BTCPay's cards and names each card by
 BTCPay's own id; with only the issuer's K1 it reads the taps and names cards by a keyed
 pseudonym of their UID. Either is sealed with the master key before it is stored.
+
+The pull payments BTCPay's cards are on (``--pull-payment``) are read from BTCPay: one that does
+not approve claims or pay BTC-LN is named on standard error with its fix. BOLT11Expiration does
+not matter to these cards: BTCPay claims their payouts through its own LNURL-withdraw, which
+does not check it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ledger.stores import get_store, upsert_store
 from lnurl_gateway.boltcard import KEY_LEN, issuer_k1
 from lnurl_gateway.btcpay_proxy import k1_fingerprint, seal_issuer_k1, seal_issuer_key
 
+from ..pull_payments import read_all
 from ..runtime import ledger_secret_box, open_ledger, secret_box
 from ..settings import load
 from . import CommandError
@@ -41,6 +47,13 @@ def register_issuer(
     key = p.add_mutually_exclusive_group(required=True)
     key.add_argument("--issuer-key", metavar="HEX", help="BTCPay's issuer key, 32 hex characters")
     key.add_argument("--k1", metavar="HEX", help="only the issuer's K1, 32 hex characters")
+    p.add_argument(
+        "--pull-payment",
+        action="append",
+        default=[],
+        metavar="PP_ID",
+        help="a pull payment BTCPay's cards are on, to check (repeat for several)",
+    )
     p.set_defaults(handler=_issuer)
 
 
@@ -68,6 +81,7 @@ async def _issuer(args: argparse.Namespace) -> int:
         box = await ledger_secret_box(box, engine)
         async with engine.begin() as conn:
             store = await get_store(conn, store_id)
+            btcpay_url = (store.btcpay_url if store is not None else None) or settings.btcpay_url
             if store is None:
                 if not settings.btcpay_url:
                     raise CommandError(
@@ -90,4 +104,22 @@ async def _issuer(args: argparse.Namespace) -> int:
         f"store {store_id}: BTCPay {'issuer key' if issuer_key is not None else 'K1'} stored "
         f"(K1 fingerprint {k1_fingerprint(box, k1)[:12]}); cards are named by {naming}"
     )
+    if args.pull_payment and btcpay_url:
+        lines, unknown = await read_all(
+            btcpay_url,
+            args.pull_payment,
+            timeout=settings.btcpay_timeout,
+            claims_through_greenfield=False,
+        )
+        lines += [f"BTCPay has no pull payment {pp}: no card can be paid from it" for pp in unknown]
+        for line in lines:
+            print(f"warning: {line}", file=sys.stderr)
+    elif args.pull_payment:
+        print("note: pull payments not checked: the store has no BTCPay URL", file=sys.stderr)
+    else:
+        print(
+            "note: name the pull payments of BTCPay's cards with --pull-payment to have them "
+            "checked",
+            file=sys.stderr,
+        )
     return 0

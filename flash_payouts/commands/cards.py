@@ -3,19 +3,29 @@
 `cards add` prints the programming apps' document and `cards wipe` the wipe document: both
 carry the card's keys, because programming or resetting the card needs them. Nothing else
 prints a key.
+
+`cards add` and `cards import` first read the card's pull payment from the store's BTCPay (or
+``--btcpay-url`` for a store not connected yet): one BTCPay does not have is refused, and one
+whose settings would refuse or hold the card's claims is named on standard error with its fix
+(``flash_payouts.pull_payments``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.stores import get_store
 from lnurl_gateway.app import GatewayConfig, make_registry
 from lnurl_gateway.registry import CardRegistry, RegistryError
 
+from ..pull_payments import read_all
 from ..runtime import ledger_secret_box, open_ledger, secret_box
-from ..settings import load
+from ..settings import Settings, load
 from . import CommandError
 
 
@@ -62,7 +72,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     add.add_argument(
         "--random-keys", action="store_true", help="random keys instead of derived ones"
     )
-    add.set_defaults(handler=_run, run=_add)
+    add.set_defaults(handler=_run, run=_add, checks_pull_payment=True)
 
     imp = action("import", "Register a card programmed elsewhere, with its keys.")
     imp.add_argument("--store", required=True, help="BTCPay store id")
@@ -77,7 +87,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     imp.add_argument("--alias", help="a name for the card")
     imp.add_argument("--tx-limit", type=_sats, metavar="SATS", help="per-transaction limit")
     imp.add_argument("--day-limit", type=_sats, metavar="SATS", help="per-day limit")
-    imp.set_defaults(handler=_run, run=_import)
+    imp.set_defaults(handler=_run, run=_import, checks_pull_payment=True)
 
     lst = action("list", "List cards (never their keys).")
     lst.add_argument("--store", help="only this store's cards")
@@ -118,7 +128,10 @@ async def _run(args: argparse.Namespace) -> int:
     settings = load(args)
     box = secret_box(settings)
     engine = await open_ledger(settings)
+    notes: list[str] = []
     try:
+        if getattr(args, "checks_pull_payment", False):
+            notes = await _check_pull_payment(engine, settings, args.store, args.pull_payment)
         box = await ledger_secret_box(box, engine)
         config = GatewayConfig(
             public_url=settings.gateway_base_url,
@@ -133,7 +146,28 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     print(json.dumps(result, indent=2))
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
+
+
+async def _check_pull_payment(
+    engine: AsyncEngine, settings: Settings, store_id: str, pull_payment_id: str
+) -> list[str]:
+    """The lines to show once the card is registered; CommandError for a pull payment BTCPay
+    does not have."""
+    async with engine.connect() as conn:
+        store = await get_store(conn, store_id)
+    btcpay_url = (store.btcpay_url if store is not None else None) or settings.btcpay_url
+    if not btcpay_url:
+        return [
+            f"note: pull payment {pull_payment_id} not checked: store {store_id} is not "
+            "connected and no --btcpay-url was given"
+        ]
+    lines, unknown = await read_all(btcpay_url, [pull_payment_id], timeout=settings.btcpay_timeout)
+    if unknown:
+        raise CommandError(f"BTCPay at {btcpay_url} has no pull payment {pull_payment_id}")
+    return [f"warning: {line}" for line in lines]
 
 
 async def _add(registry: CardRegistry, args: argparse.Namespace) -> Any:
