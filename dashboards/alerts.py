@@ -37,6 +37,8 @@ class Thresholds:
     card_value_sats_per_hour: int = 500_000
     limit_window: str = "30m"
     limit_refusals: int = 2
+    btcpay_refusal_window: str = "10m"
+    btcpay_refusals: int = 3  # card claims BTCPay refused in the window, whatever the reason
     failure_window: str = "1h"
     failure_ratio: float = 0.2
     failure_min_finished: int = 5  # no ratio alert on fewer finished payouts than this
@@ -127,6 +129,7 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
         f"sum by (store) (increase(flash_payouts_failed_total[{sw}]))"
     )
     ww = t.webhook_silence_window
+    bw = t.btcpay_refusal_window
     return [
         Rule(
             name="FlashReplayedCounter",
@@ -272,6 +275,42 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
             panel_title="Refused taps",
             lookback_seconds=_seconds(t.limit_window),
             case=Case(_tap_series("limit", "0+1x40", "0x40"), 40, {"store": "bad"}),
+        ),
+        Rule(
+            name="FlashClaimsRefusedByBtcpay",
+            uid="flash-claims-refused-by-btcpay",
+            title="Card claims refused by BTCPay",
+            group="boltcards",
+            # Both kinds of card: the gateway's own (btcpay_refused, btcpay_refused_expiry) and
+            # BTCPay's, whose callbacks the gateway forwards (btcpay_refused). The second gets
+            # an outcome of its own first: the two families share their label sets, and `or`
+            # keeps only one of two series with the same labels.
+            value="sum by (store) ("
+            f'increase(flash_callbacks_total{{outcome=~"btcpay_refused.*"}}[{bw}]) or '
+            'label_replace(increase(flash_btcpay_callbacks_total{outcome="btcpay_refused"}'
+            f'[{bw}]), "outcome", "btcpay_card_refused", "", ""))',
+            op=">",
+            threshold=t.btcpay_refusals,
+            hold="0s",
+            severity="warning",
+            summary=f"BTCPay refusing card claims at {store}",
+            description=f"More than {t.btcpay_refusals} card claims in {bw} "
+            f"at {store} were refused by BTCPay, whatever the reason: cards tap fine but pay "
+            "nothing. A pull payment whose BOLT11Expiration is above 0 refuses every wallet "
+            "invoice (outcome btcpay_refused_expiry); see the callbacks by outcome.",
+            dashboard_uid=CARDS_UID,
+            panel_title="Callbacks by outcome",
+            lookback_seconds=_seconds(t.btcpay_refusal_window),
+            case=Case(
+                {
+                    'flash_callbacks_total{store="bad",outcome="btcpay_refused_expiry"}': "0+1x20",
+                    'flash_btcpay_callbacks_total{store="bad",outcome="btcpay_refused"}': "0+1x20",
+                    'flash_callbacks_total{store="good",outcome="btcpay_refused"}': "0x20",
+                    'flash_callbacks_total{store="good",outcome="paid"}': "0+5x20",
+                },
+                15,
+                {"store": "bad"},
+            ),
         ),
         Rule(
             name="FlashPayoutFailureRatio",

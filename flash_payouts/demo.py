@@ -101,7 +101,11 @@ async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.s
     sim = await start_simulator(
         SimConfig(
             network="bcrt",
+            # The key the demo's merchant created in BTCPay: the simulator knows no other.
+            api_keys={DEMO_API_KEY: ["unrestricted"]},
             progress_delays=ProgressDelays(start=1.0, settle=3.0),
+            # Some Lightning payments fail and are tried again, as BTCPay's processor does.
+            payment_failure_rate=0.1,
             cancel_rate=0.06,
             redelivery_scale=0.05,
             seed=options.seed,
@@ -180,8 +184,8 @@ async def _drive(
                 summary.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await summary
-        stop.set()
     finally:
+        stop.set()  # the demo ends with its driver, also when setting up failed
         await engine.dispose()
 
 
@@ -219,6 +223,8 @@ async def _set_up(
             "currency": "BTC",
             "autoApproveClaims": True,
             "payoutMethods": ["BTC-LN"],
+            # Wallet invoices live minutes: BTCPay's default (30 days) would refuse them all.
+            "BOLT11Expiration": 0,
         },
         headers=headers,
     ) as resp:

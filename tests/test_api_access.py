@@ -143,7 +143,7 @@ KEYS = {
 
 @pytest.fixture
 async def btcpay_world(engine, aiohttp_client, aiohttp_server):
-    sim = await aiohttp_server(create_sim(SimConfig(api_keys=KEYS, require_known_keys=True)))
+    sim = await aiohttp_server(create_sim(SimConfig(api_keys=KEYS)))
     s = await seed(engine, n_a=4, n_b=4)
     async with engine.begin() as conn:
         for store in (STORE_A, STORE_B):
@@ -199,7 +199,7 @@ async def test_unknown_btcpay_key_gets_401(btcpay_world):
 
 
 async def test_btcpay_answers_are_cached_briefly(engine, aiohttp_client, aiohttp_server):
-    sim = await aiohttp_server(create_sim(SimConfig(api_keys=KEYS, require_known_keys=True)))
+    sim = await aiohttp_server(create_sim(SimConfig(api_keys=KEYS)))
     await seed(engine, n_a=2, n_b=1)
     async with engine.begin() as conn:
         await upsert_store(conn, STORE_A, btcpay_url=str(sim.make_url("")).rstrip("/"))
