@@ -78,7 +78,8 @@ async def _setup_cards(db_url: str, sim_url: str, count: int) -> tuple[list, str
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{sim_url}/api/v1/stores", json={"name": "b"}, headers=admin) as r:
             store_id = (await r.json())["id"]
-        body = {"name": "cards", "amount": "1000", "currency": "BTC", "autoApproveClaims": True}
+        body = {"name": "cards", "amount": "1000", "currency": "BTC", "autoApproveClaims": True,
+                "payoutMethods": ["BTC-LN"], "BOLT11Expiration": 0}  # fmt: skip
         url = f"{sim_url}/api/v1/stores/{store_id}/pull-payments"
         async with http.post(url, json=body, headers=admin) as r:
             pp_id = (await r.json())["id"]
@@ -472,7 +473,8 @@ async def _serve_sim() -> None:
 
     from btcpay_sim import SimConfig, create_app
 
-    await _listen(web.AppRunner(create_app(SimConfig(auto_progress=False)), access_log=None))
+    config = SimConfig(api_keys={"bench": ["unrestricted"]}, auto_progress=False)
+    await _listen(web.AppRunner(create_app(config), access_log=None))
 
 
 async def _listen(runner) -> None:  # type: ignore[no-untyped-def]

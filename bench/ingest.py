@@ -321,7 +321,9 @@ async def bench_reconcile(options: BenchOptions) -> list[Result]:
     count = 5_000 if options.quick else 100_000
     db_url, name = _create_db(options.postgres_url)
     port = _free_port()
-    sim = _spawn(["-m", "btcpay_sim", "--listen", f"127.0.0.1:{port}", "--seed", "1"])
+    sim = _spawn(
+        ["-m", "btcpay_sim", "--listen", f"127.0.0.1:{port}", "--admin-key", "bench", "--seed", "1"]
+    )
     sim_url = f"http://127.0.0.1:{port}"
     engine = None
     try:

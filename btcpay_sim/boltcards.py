@@ -330,7 +330,7 @@ async def register_boltcard(request: web.Request) -> web.Response:
     service = _service(request)
     pull_payment = service.sim.state.pull_payment(request.match_info["pullPaymentId"])
     body: dict[str, Any] = {}
-    if request.can_read_body:
+    if request.body_exists:
         try:
             parsed = await request.json()
         except ValueError as exc:

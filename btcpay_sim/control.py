@@ -21,7 +21,7 @@ def _sim(request: web.Request) -> Simulator:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
+    if not request.body_exists:
         return {}
     try:
         body = await request.json()

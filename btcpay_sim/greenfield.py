@@ -77,7 +77,7 @@ def authorize(request: web.Request, policy: str, store_id: str | None) -> ApiKey
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
+    if not request.body_exists:
         return {}
     try:
         body = await request.json()

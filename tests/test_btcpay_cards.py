@@ -41,7 +41,8 @@ from lnurl_gateway.btcpay_proxy import BtcpayProxyConfig, seal_issuer_k1, seal_i
 from lnurl_gateway.invoices import decode_invoice
 from lnurl_gateway.payout_shape import normalise_payout
 
-AUTH = {"Authorization": "token admin-key"}
+ADMIN_KEY = "admin-key"
+AUTH = {"Authorization": f"token {ADMIN_KEY}"}
 MINTER = InvoiceMinter(network="bcrt")
 BOX = SecretBox(os.urandom(32))
 SATS_PER_TAP = 1_000
@@ -191,7 +192,7 @@ class Harness:
             assert r.status == 200, await r.text()
             return await r.json()
 
-    async def new_card(self, amount_sats: int = 100_000) -> Card:
+    async def new_card(self, amount_sats: int = 100_000, auto_approve: bool = True) -> Card:
         pp = await self.sim_json(
             "POST",
             f"/api/v1/stores/{self.store_id}/pull-payments",
@@ -199,8 +200,9 @@ class Harness:
                 "name": "Card",
                 "amount": str(amount_sats),
                 "currency": "SATS",
-                "autoApproveClaims": True,
+                "autoApproveClaims": auto_approve,
                 "payoutMethods": ["BTC-LN"],
+                "BOLT11Expiration": 0,
             },
         )
         uid = b"\x04" + os.urandom(6)
@@ -250,7 +252,11 @@ async def _harness(
     **proxy_options: Any,
 ) -> AsyncIterator[Harness]:
     sim = await start(
-        SimConfig(progress_delays=ProgressDelays(start=0.01, settle=0.01), redelivery_scale=0.001)
+        SimConfig(
+            api_keys={ADMIN_KEY: ["unrestricted"]},
+            progress_delays=ProgressDelays(start=0.01, settle=0.01),
+            redelivery_scale=0.001,
+        )
     )
     http = aiohttp.ClientSession()
     runners: list[web.AppRunner] = []
@@ -533,6 +539,24 @@ async def test_an_altered_callback_token_is_refused_and_not_forwarded(harness: H
     status, answer = await harness.get(str(url))
 
     assert status == 200 and answer["status"] == "ERROR"
+    assert await harness.sim_json("GET", f"/api/v1/stores/{harness.store_id}/payouts") == []
+
+
+async def test_a_callback_btcpay_refuses_has_used_up_its_tap(harness: Harness) -> None:
+    # BTCPay checks auto-approval at the callback, after storing the tap's counter.
+    card = await harness.new_card(auto_approve=False)
+    p, c = card.tap()
+    _, request = await harness.tap(p, c)
+    invoice = MINTER.mint(SATS_PER_TAP * 1000)
+    callback = URL(request["callback"]).extend_query(k1=request["k1"], pr=invoice.bolt11)
+
+    _, refused = await harness.get(str(callback))
+    _, again = await harness.tap(p, c)
+
+    assert request["tag"] == "withdrawRequest"
+    assert refused["status"] == "ERROR"
+    assert again == {"status": "ERROR", "reason": "Replayed or expired query"}
+    assert await harness.counter("btcpay_callbacks", "btcpay_refused") == 1
     assert await harness.sim_json("GET", f"/api/v1/stores/{harness.store_id}/payouts") == []
 
 

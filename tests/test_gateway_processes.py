@@ -69,7 +69,11 @@ def gateways(pg_db_url: str, master_key_hex: str) -> Iterator[list[str]]:
 
 @pytest.fixture
 async def sim_url() -> AsyncIterator[str]:
-    sim = await start(SimConfig(network="bcrt", auto_progress=False))
+    from test_gateway_flow import ADMIN_KEY
+
+    sim = await start(
+        SimConfig(network="bcrt", api_keys={ADMIN_KEY: ["unrestricted"]}, auto_progress=False)
+    )
     try:
         yield sim.url
     finally:
