@@ -136,7 +136,13 @@ OPTIONS: tuple[Option, ...] = (
         "File holding the master key (instead of FLASH_MASTER_KEY).",
         metavar="PATH",
     ),
-    Option("btcpay_url", "", "BTCPay Server base URL, for `btcpay connect`.", metavar="URL"),
+    Option(
+        "btcpay_url",
+        "",
+        "BTCPay Server base URL, for `btcpay connect`; for `cards add|import` and "
+        "`btcpay issuer` on a store not connected yet, where their pull payments are read.",
+        metavar="URL",
+    ),
     Option(
         "btcpay_api_key",
         "",
