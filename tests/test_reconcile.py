@@ -436,7 +436,7 @@ class LedgerSampler:
 @pytest.mark.postgres
 @pytest.mark.slow
 async def test_realistic_payouts_under_lossy_blocking_webhooks_never_move_backwards(
-    pg_engine: AsyncEngine, box: SecretBox
+    pg_engine: AsyncEngine, box: SecretBox, record_property: Any
 ) -> None:
     """Acceptance: payouts claimed and paid by BTCPay's own rules (revision constant, failed
     payments retried, silent cancels) in four stores, webhooks 20% duplicated, 20% reordered,
@@ -479,6 +479,11 @@ async def test_realistic_payouts_under_lossy_blocking_webhooks_never_move_backwa
         btcpay = [p for store_id in stores for p in await sim.api.list_payouts(store_id)]
         counters = (await sim.api._json("GET", "/_sim/stats", auth=False))["payoutCounters"]
 
+    # The run's figures, for a report (pytest --junitxml keeps them).
+    before_reconcile = sum(r.changed for r in results)
+    for name, value in {**stats, **counters, "samples": sampler.samples,
+                        "reconcile_changed": before_reconcile}.items():  # fmt: skip
+        record_property(name, value)
     assert len(btcpay) == CONVERGENCE_PAYOUTS
     assert {p["revision"] for p in btcpay} == {0}
     assert stats["dropped"] and stats["duplicated"] and stats["reordered"]
@@ -525,8 +530,9 @@ async def _wait_until_settled(sim: Sim, engine: AsyncEngine) -> dict[str, int]:
             pending = await count_pending_events(conn)
         now = (moving, deliveries, pending)
         if moving == 0 and deliveries.get("pending") == 0 and pending == 0 and now == previous:
-            return {k: deliveries.get(k, 0) for k in ("dropped", "duplicated", "reordered",
-                                                       "redeliveries", "sent")}  # fmt: skip
+            kinds = ("dropped", "duplicated", "reordered", "redeliveries", "sent",
+                     "failed_in_transit", "abandoned")  # fmt: skip
+            return {k: deliveries.get(k, 0) for k in kinds}
         previous = now
         await asyncio.sleep(0.5)
     raise AssertionError("payouts did not settle in time")
