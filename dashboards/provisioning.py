@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .common import POSTGRES_TYPE, POSTGRES_UID, PROMETHEUS_UID
+from .common import DEFAULT_API_URL, POSTGRES_TYPE, POSTGRES_UID, PROMETHEUS_UID
 
 SCRAPE_JOB = "flash-payouts"
 
@@ -31,9 +31,11 @@ class Targets:
     grafana_user: str = "flash_grafana"
     scrape_interval: str = "15s"
     evaluation_interval: str = "30s"
-    # Where alert notifications go; Grafana and Alertmanager both post to it.
+    # Where alert notifications go: Alertmanager posts to it, or Grafana where it alerts instead.
     alert_webhook_env: str = "FLASH_ALERT_WEBHOOK_URL"
     alert_webhook_default: str = "http://localhost:9/flash-alerts-not-configured"
+    # Where merchants' browsers reach the API: the boards' export links.
+    api_url: str = DEFAULT_API_URL
 
 
 def datasources(t: Targets) -> dict[str, Any]:
