@@ -21,11 +21,13 @@ from . import alerts
 from .common import API_URL_VARIABLE, to_dict, to_json
 from .loader import load_dashboards
 from .provisioning import (
+    StoreOrg,
     Targets,
     alertmanager_config,
     dashboard_provider,
     datasources,
     prometheus_config,
+    store_datasources,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +53,12 @@ def panel_ids() -> dict[tuple[str, str], int]:
 
 
 def render(
-    thresholds: alerts.Thresholds | None = None, targets: Targets | None = None
+    thresholds: alerts.Thresholds | None = None,
+    targets: Targets | None = None,
+    orgs: list[StoreOrg] | None = None,
 ) -> dict[str, str]:
-    """Relative path -> content, for every generated file."""
+    """Relative path -> content, for every generated file; ``orgs`` adds a Grafana organisation
+    per store (its datasources and its boards' provider)."""
     t = thresholds or alerts.Thresholds()
     where = targets or Targets()
     files: dict[str, str] = {
@@ -76,6 +81,17 @@ def render(
     }
     for name, board in load_dashboards().items():
         files[f"grafana/dashboards/{name}.json"] = _with_api_url(to_json(board), where.api_url)
+    if orgs:
+        files["grafana/datasources/stores.yaml"] = dump_yaml(store_datasources(where, orgs))
+        files["grafana/dashboards/stores.yaml"] = dump_yaml(dashboard_provider(orgs))
+        files["grafana/organisations.yaml"] = dump_yaml(
+            {
+                "organisations": [
+                    {"orgId": o.org_id, "name": o.title, "store": o.store_id, "role": o.role}
+                    for o in orgs
+                ]
+            }
+        )
     return files
 
 
@@ -94,10 +110,11 @@ def generate(
     out_dir: Path = DEFAULT_OUT,
     thresholds: alerts.Thresholds | None = None,
     targets: Targets | None = None,
+    orgs: list[StoreOrg] | None = None,
 ) -> list[Path]:
     """Write every provisioning file under ``out_dir``; returns the paths written."""
     written = []
-    for rel, content in sorted(render(thresholds, targets).items()):
+    for rel, content in sorted(render(thresholds, targets, orgs).items()):
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)

@@ -218,7 +218,11 @@ panels += [
                 "options": {
                     "displayMode": "basic",
                     "orientation": "horizontal",
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "/^Sats$/", "values": True},
+                    "reduceOptions": {
+                        "calcs": ["lastNotNull"],
+                        "fields": "/^Sats$/",
+                        "values": True,
+                    },
                     "showUnfilled": True,
                     "valueMode": "color",
                     "namePlacement": "auto",

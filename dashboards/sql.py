@@ -73,7 +73,9 @@ SELECT payout_id AS "Payout",
 # start, the last one holds the instant just before the end (an end at midnight ends the day
 # before). Grafana writes $__timeFrom() and $__timeTo() as UTC RFC 3339 text, whose date is
 # the UTC day; as a timestamp without time zone PostgreSQL reads its UTC wall time.
-DAYS = "day BETWEEN $__timeFrom()::date AND ($__timeTo()::timestamp - interval '1 microsecond')::date"
+DAYS = (
+    "day BETWEEN $__timeFrom()::date AND ($__timeTo()::timestamp - interval '1 microsecond')::date"
+)
 
 # Trends come from the daily rollup (store, creation day, current status), never the facts.
 _DAILY_RANGE = f"{DAYS} AND store_id IN ($store) AND status IN ($status)"

@@ -338,4 +338,15 @@ class KeyMaterial(Base):
     updated_at: Mapped[datetime]
 
 
+class StoreReader(Base):
+    """A database role that reads one store's rows only (PostgreSQL row-level security), for
+    the store's own Grafana organisation; made by `flash-payouts dashboards roles`."""
+
+    __tablename__ = "store_readers"
+
+    role_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    store_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+
+
 metadata = Base.metadata

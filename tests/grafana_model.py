@@ -89,9 +89,8 @@ def _migrate_36(panel: dict[str, Any], sources: dict[str, Source]) -> None:
         was_default = True
     for target in targets:
         ds = target.get("datasource")
-        if ds is None or ds.get("uid") is None:
-            if panel["datasource"].get("uid") != MIXED_UID:
-                target["datasource"] = dict(panel["datasource"])
+        if (ds is None or ds.get("uid") is None) and panel["datasource"].get("uid") != MIXED_UID:
+            target["datasource"] = dict(panel["datasource"])
         if was_default and (target.get("datasource") or {}).get("uid") != EXPRESSION_UID:
             panel["datasource"] = target["datasource"]
 

@@ -143,9 +143,11 @@ def _alert_paths(compose: dict[str, Any]) -> list[str]:
     paths = []
     for volume in services["grafana"]["volumes"]:
         source, mount = volume.split(":")[:2]
-        if mount.startswith("/etc/grafana/provisioning") and (ROOT / source).is_dir():
-            if any(p.name == "rules.yaml" for p in (ROOT / source).rglob("*.yaml")):
-                paths.append("grafana")
+        mounted = (ROOT / source).rglob("*.yaml") if (ROOT / source).is_dir() else []
+        if mount.startswith("/etc/grafana/provisioning") and any(
+            p.name == "rules.yaml" for p in mounted
+        ):
+            paths.append("grafana")
     config_source = next(
         v.split(":")[0]
         for v in services["prometheus"]["volumes"]
