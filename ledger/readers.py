@@ -93,9 +93,9 @@ async def ensure_store_role(conn: AsyncConnection, store_id: str, password: str)
     )
     # Utility statements take no parameters; the verifier is base64 and '$', never a quote.
     verb = "ALTER" if exists.scalar_one() else "CREATE"
-    await conn.execute(text(f"{verb} ROLE {quoted} LOGIN PASSWORD '{verifier}'"))
-    await conn.execute(text(f"ALTER ROLE {quoted} SET default_transaction_read_only = on"))
-    await conn.execute(text(f"GRANT {READERS_GROUP} TO {quoted}"))
+    await conn.exec_driver_sql(f"{verb} ROLE {quoted} LOGIN PASSWORD '{verifier}'")
+    await conn.exec_driver_sql(f"ALTER ROLE {quoted} SET default_transaction_read_only = on")
+    await conn.exec_driver_sql(f"GRANT {READERS_GROUP} TO {quoted}")
     mapped = await conn.execute(select(readers_t.c.store_id).where(readers_t.c.role_name == role))
     if mapped.scalar_one_or_none() is None:
         await conn.execute(
