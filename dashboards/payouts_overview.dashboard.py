@@ -214,6 +214,8 @@ panels += [
             description="The cards that collected the most value in the period (alias, or "
             "card id), as the API's topCards ranks them." + DAYS_NOTE,
             targets=[sql_target(sql.TOP_CARDS)],
+            # The id ties the bars to the API's topCards; the bars are named by "Card" alone.
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Card id": True}}}],
             extraJson={
                 "options": {
                     "displayMode": "basic",
