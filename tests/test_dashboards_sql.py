@@ -153,6 +153,9 @@ async def test_reader_role_reads_the_views_but_no_secret_and_cannot_write(
     for table, column in (
         ("boltcards", "keys_sealed"),
         ("boltcards", "uid_hash"),
+        ("boltcards", "uid"),  # shown through the views only where the store tracks cards
+        ("payouts", "card_uid"),
+        ("card_taps", "uid"),
         ("card_taps", "k1_hash"),
         ("card_taps", "remote_addr"),
         ("stores", "webhook_secret_sealed"),

@@ -11,6 +11,10 @@ limits them to the rows of the store ``store_readers`` maps them to. Grafana's a
 roles`` makes one member role per store. Table owners (the service) bypass the policies.
 ``flash_store_readers`` is shared by the databases of the server, so a downgrade leaves it.
 
+A card's NTAG UID is the one column a view shows only in part (for stores that keep card
+tracking on): the readers get no right on the UID columns, and the views read them through two
+SECURITY DEFINER functions that apply the same rule and the reader's store.
+
 Revision ID: g15_0001
 Revises: 0005
 Create Date: 2026-11-30
@@ -44,8 +48,8 @@ VIEW_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "id", "store_id", "pull_payment_id", "status", "state", "original_amount",
             "original_currency", "amount_sats", "payout_method_id", "destination",
-            "transaction_id", "error_message", "card_id", "card_uid", "created_at",
-            "completed_at", "updated_at",
+            "transaction_id", "error_message", "card_id", "created_at", "completed_at",
+            "updated_at",
         ),
     ),
     "payout_events": (
@@ -58,7 +62,7 @@ VIEW_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "boltcards": (
         "store_id",
         (
-            "id", "store_id", "alias", "uid", "origin", "enabled", "key_version",
+            "id", "store_id", "alias", "origin", "enabled", "key_version",
             "tx_limit_sats", "day_limit_sats", "first_used_at", "last_used_at",
             "last_payout_at", "wiped_at", "erased_at", "created_at",
         ),
@@ -82,6 +86,38 @@ VIEW_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("store_id", "day", "status", "currency", "count", "amount", "amount_sats"),
     ),
 }  # fmt: skip
+
+# The UID of a card or of a payout's card, when the row's store keeps card tracking on and the
+# caller may see the store (a store's role: its own store only; a role without a store: any).
+# SECURITY DEFINER, so the readers need no right on the UID columns; session_user is the role
+# that logged in.
+_NTAG_FUNCTIONS = {
+    "flash_card_ntag": """
+        SELECT CASE WHEN s.card_tracking THEN c.uid END
+          FROM boltcards c JOIN stores s ON s.id = c.store_id
+         WHERE c.id = key
+           AND c.store_id = coalesce((SELECT r.store_id FROM store_readers r
+                                         WHERE r.role_name = session_user), c.store_id)
+    """,
+    "flash_payout_ntag": """
+        SELECT CASE WHEN s.card_tracking THEN p.card_uid END
+          FROM payouts p JOIN stores s ON s.id = p.store_id
+         WHERE p.id = key
+           AND p.store_id = coalesce((SELECT r.store_id FROM store_readers r
+                                         WHERE r.role_name = session_user), p.store_id)
+    """,
+}
+# The two views' UID column, as dash_0001 wrote it and as the functions give it.
+_NTAG_COLUMNS = {
+    "grafana_payouts": (
+        "CASE WHEN s.card_tracking THEN p.card_uid END AS card_ntag",
+        "flash_payout_ntag(p.id)::varchar AS card_ntag",
+    ),
+    "grafana_cards": (
+        "CASE WHEN s.card_tracking THEN c.uid END AS card_ntag",
+        "flash_card_ntag(c.id)::varchar AS card_ntag",
+    ),
+}
 
 VIEWS = (
     "grafana_payouts",
@@ -111,6 +147,15 @@ def upgrade() -> None:
     if bind.execute(sa.text("SHOW server_version_num")).scalar_one() < "150000":
         return  # no security_invoker views before PostgreSQL 15: no per-store roles
     _create_readers_group()
+    for name, body in _NTAG_FUNCTIONS.items():
+        op.execute(
+            f"CREATE FUNCTION {name}(key text) RETURNS text LANGUAGE sql STABLE "
+            f"SECURITY DEFINER SET search_path = public, pg_temp AS $flash${body}$flash$"
+        )
+        op.execute(f"REVOKE ALL ON FUNCTION {name}(text) FROM PUBLIC")
+        op.execute(f"GRANT EXECUTE ON FUNCTION {name}(text) TO {ALL_STORES}, {READERS}")
+    for view, (old, new) in _NTAG_COLUMNS.items():
+        _replace_view(view, old, new)
     for view in VIEWS:
         op.execute(f"ALTER VIEW {view} SET (security_invoker = true)")
     op.execute(f"GRANT SELECT ON {', '.join(VIEWS)} TO {READERS}")
@@ -156,6 +201,10 @@ def downgrade() -> None:
             op.execute(f"REVOKE SELECT ({', '.join(columns)}) ON {table} FROM {grantees}")
         for view in VIEWS[:-1]:
             op.execute(f"ALTER VIEW {view} RESET (security_invoker)")
+        for view, (old, new) in _NTAG_COLUMNS.items():
+            _replace_view(view, new, old)
+        for name in _NTAG_FUNCTIONS:
+            op.execute(f"DROP FUNCTION IF EXISTS {name}(text)")
         if has_group:
             op.execute(f"REVOKE ALL ON {', '.join(VIEWS[:-1])} FROM {READERS}")
             op.execute(
@@ -165,6 +214,40 @@ def downgrade() -> None:
             )
     op.execute("DROP VIEW IF EXISTS grafana_stores")
     op.drop_table("store_readers")
+
+
+def _replace_view(view: str, old: str, new: str) -> None:
+    """Redefine ``view`` with one column expression swapped, from its definition in the
+    database (pg_get_viewdef writes it back fully qualified)."""
+    bind = op.get_bind()
+    body = bind.execute(
+        sa.text("SELECT pg_get_viewdef(CAST(:v AS regclass))"), {"v": view}
+    ).scalar_one()
+    old_sql, new_sql = _viewdef_form(old), _viewdef_form(new)
+    if old_sql not in body:
+        raise RuntimeError(f"{view}: column {old!r} not found in its definition")
+    op.execute(f"CREATE OR REPLACE VIEW {view} AS {body.replace(old_sql, new_sql)}")
+
+
+def _viewdef_form(column: str) -> str:
+    """A column expression as pg_get_viewdef prints it."""
+    forms = {
+        "CASE WHEN s.card_tracking THEN p.card_uid END AS card_ntag": (
+            "CASE\n            WHEN s.card_tracking THEN p.card_uid\n"
+            "            ELSE NULL::character varying\n        END AS card_ntag"
+        ),
+        "CASE WHEN s.card_tracking THEN c.uid END AS card_ntag": (
+            "CASE\n            WHEN s.card_tracking THEN c.uid\n"
+            "            ELSE NULL::character varying\n        END AS card_ntag"
+        ),
+        "flash_payout_ntag(p.id)::varchar AS card_ntag": (
+            "(flash_payout_ntag((p.id)::text))::character varying AS card_ntag"
+        ),
+        "flash_card_ntag(c.id)::varchar AS card_ntag": (
+            "(flash_card_ntag((c.id)::text))::character varying AS card_ntag"
+        ),
+    }
+    return forms[column]
 
 
 def _create_readers_group() -> None:
