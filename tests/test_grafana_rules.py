@@ -186,6 +186,28 @@ def test_alert_links_carry_the_configured_grafana_url(tmp_path: Path) -> None:
     assert "localhost:3000" not in (tmp_path / "prometheus/rules/flash.yml").read_text()
 
 
+def test_export_links_point_at_the_configured_api_url(tmp_path: Path) -> None:
+    from flash_payouts.cli import main
+
+    api = "https://flash-api.example.org"
+    assert main(["dashboards", "generate", "--out", str(tmp_path), "--api-url", api]) == 0
+    board = json.loads((tmp_path / "grafana/dashboards/payouts_overview.json").read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["api_url"]["type"] == "constant"
+    assert variables["api_url"]["query"] == variables["api_url"]["current"]["value"] == api
+    listed = next(p for p in board["panels"] if p["title"] == "Payouts listed")
+    [link] = [
+        link
+        for o in listed["fieldConfig"]["overrides"]
+        for prop in o["properties"]
+        if prop["id"] == "links"
+        for link in prop["value"]
+    ]
+    assert link["url"].startswith("${api_url}/plugins/flash/api/payouts/export?")
+    for parameter in ("storeId=", "startDate=", "endDate=", "status=", "boltcardId=", "q="):
+        assert parameter in link["url"]
+
+
 def test_a_grafana_url_that_is_not_a_url_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
