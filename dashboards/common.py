@@ -255,7 +255,7 @@ def exported(data: dict[str, Any]) -> dict[str, Any]:
         if variable["type"] != "interval":
             for key in ("auto", "auto_count", "auto_min"):
                 variable.pop(key, None)
-        if variable["type"] in ("textbox", "custom", "datasource"):
+        if variable["type"] in ("textbox", "custom", "constant", "datasource"):
             variable.pop("datasource", None)
     return data
 
