@@ -180,6 +180,11 @@ class Payout(Base):
         Index(None, "card_id", "created_at"),
         Index(None, "payment_hash"),
         Index(None, "pull_payment_id"),
+        # The search (the API's q, the boards' search box): an id by its prefix (LIKE 'x%'
+        # reads this index whatever the database's collation), an exact amount or sats.
+        Index(None, "id", postgresql_ops={"id": "text_pattern_ops"}),
+        Index(None, "store_id", "original_amount"),
+        Index(None, "store_id", "amount_sats"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # BTCPay payout id

@@ -44,6 +44,7 @@ VIEWS = (
     "grafana_card_usage",
     "grafana_payout_daily",
     "grafana_stores",
+    "grafana_payout_keys",
 )
 UNKNOWN_TAP = "refused: no store knows this card"
 

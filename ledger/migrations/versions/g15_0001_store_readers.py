@@ -1,7 +1,9 @@
 """Each store's own read-only role: PostgreSQL row-level security on every table the Grafana
 views read, the views run with the reader's rights, and a view of the stores' names.
 
-``grafana_stores`` lists each store's id and name (the boards' store picker). On PostgreSQL
+``grafana_stores`` lists each store's id and name (the boards' store picker);
+``grafana_payout_keys`` the payouts' keys and amounts without a join, what the payout list's
+count filters on (PostgreSQL reads it from an index alone). On PostgreSQL
 15 or later the ``grafana_*`` views become ``security_invoker`` views, so the row-level security
 of the tables below applies to whoever queries them; the readers get SELECT on exactly the
 columns the views show (never a key, hash or address). Every role keeps reading every row
@@ -38,6 +40,17 @@ STORES_VIEW = """
            s.name,
            s.card_tracking
       FROM stores s
+"""
+
+KEYS_VIEW = """
+    SELECT p.id AS payout_id,
+           p.store_id,
+           p.status,
+           p.created_at,
+           p.original_amount AS amount,
+           p.amount_sats,
+           p.card_id
+      FROM payouts p
 """
 
 # The columns the grafana_* views read, per table, and the column that names the store.
@@ -127,7 +140,9 @@ VIEWS = (
     "grafana_card_usage",
     "grafana_payout_daily",
     "grafana_stores",
+    "grafana_payout_keys",
 )
+NEW_VIEWS = ("grafana_stores", "grafana_payout_keys")
 
 
 def upgrade() -> None:
@@ -140,10 +155,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("store_id", name=op.f("uq_store_readers_store_id")),
     )
     op.execute(f"CREATE VIEW grafana_stores AS {STORES_VIEW.strip()}")
+    op.execute(f"CREATE VIEW grafana_payout_keys AS {KEYS_VIEW.strip()}")
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    op.execute(f"GRANT SELECT ON grafana_stores TO {ALL_STORES}")
+    op.execute(f"GRANT SELECT ON {', '.join(NEW_VIEWS)} TO {ALL_STORES}")
     if bind.execute(sa.text("SHOW server_version_num")).scalar_one() < "150000":
         return  # no security_invoker views before PostgreSQL 15: no per-store roles
     _create_readers_group()
@@ -199,19 +215,21 @@ def downgrade() -> None:
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
             grantees = ALL_STORES + (f", {READERS}" if has_group else "")
             op.execute(f"REVOKE SELECT ({', '.join(columns)}) ON {table} FROM {grantees}")
-        for view in VIEWS[:-1]:
+        old_views = [v for v in VIEWS if v not in NEW_VIEWS]
+        for view in old_views:
             op.execute(f"ALTER VIEW {view} RESET (security_invoker)")
         for view, (old, new) in _NTAG_COLUMNS.items():
             _replace_view(view, new, old)
         for name in _NTAG_FUNCTIONS:
             op.execute(f"DROP FUNCTION IF EXISTS {name}(text)")
         if has_group:
-            op.execute(f"REVOKE ALL ON {', '.join(VIEWS[:-1])} FROM {READERS}")
+            op.execute(f"REVOKE ALL ON {', '.join(old_views)} FROM {READERS}")
             op.execute(
                 "DO $flash$ BEGIN "
                 f"EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM {READERS}', "
                 "current_database()); END $flash$"
             )
+    op.execute("DROP VIEW IF EXISTS grafana_payout_keys")
     op.execute("DROP VIEW IF EXISTS grafana_stores")
     op.drop_table("store_readers")
 
@@ -224,6 +242,8 @@ def _replace_view(view: str, old: str, new: str) -> None:
         sa.text("SELECT pg_get_viewdef(CAST(:v AS regclass))"), {"v": view}
     ).scalar_one()
     old_sql, new_sql = _viewdef_form(old), _viewdef_form(new)
+    if new_sql in body:
+        return
     if old_sql not in body:
         raise RuntimeError(f"{view}: column {old!r} not found in its definition")
     op.execute(f"CREATE OR REPLACE VIEW {view} AS {body.replace(old_sql, new_sql)}")
