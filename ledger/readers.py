@@ -25,6 +25,7 @@ READERS_GROUP = "flash_store_readers"
 ROLE_PREFIX = "flash_store_"
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 SCRAM_ITERATIONS = 4096
+READER_WORK_MEM = "32MB"
 
 stores_t = Store.__table__
 readers_t = StoreReader.__table__
@@ -95,6 +96,8 @@ async def ensure_store_role(conn: AsyncConnection, store_id: str, password: str)
     verb = "ALTER" if exists.scalar_one() else "CREATE"
     await conn.exec_driver_sql(f"{verb} ROLE {quoted} LOGIN PASSWORD '{verifier}'")
     await conn.exec_driver_sql(f"ALTER ROLE {quoted} SET default_transaction_read_only = on")
+    # As for flash_grafana (migration g15_0001): grouping a period by card stays in memory.
+    await conn.exec_driver_sql(f"ALTER ROLE {quoted} SET work_mem = '{READER_WORK_MEM}'")
     await conn.exec_driver_sql(f"GRANT {READERS_GROUP} TO {quoted}")
     mapped = await conn.execute(select(readers_t.c.store_id).where(readers_t.c.role_name == role))
     if mapped.scalar_one_or_none() is None:

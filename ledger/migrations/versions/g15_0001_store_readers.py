@@ -34,6 +34,9 @@ depends_on = None
 
 READERS = "flash_store_readers"
 ALL_STORES = "flash_grafana"
+# Grafana's roles group a period's card rollups by card (top cards, active cards, usage): at
+# 100,000 cards the hash table outgrows PostgreSQL's default 4MB and spills to disk.
+READER_WORK_MEM = "32MB"
 
 STORES_VIEW = """
     SELECT s.id AS store_id,
@@ -160,6 +163,12 @@ def upgrade() -> None:
     if bind.dialect.name != "postgresql":
         return
     op.execute(f"GRANT SELECT ON {', '.join(NEW_VIEWS)} TO {ALL_STORES}")
+    # Per database, so two databases migrating at once never update the same setting row.
+    op.execute(
+        "DO $flash$ BEGIN "
+        f"EXECUTE format('ALTER ROLE {ALL_STORES} IN DATABASE %I SET work_mem = %L', "
+        f"current_database(), '{READER_WORK_MEM}'); END $flash$"
+    )
     if bind.execute(sa.text("SHOW server_version_num")).scalar_one() < "150000":
         return  # no security_invoker views before PostgreSQL 15: no per-store roles
     _create_readers_group()
@@ -229,6 +238,12 @@ def downgrade() -> None:
                 f"EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM {READERS}', "
                 "current_database()); END $flash$"
             )
+    if bind.dialect.name == "postgresql":
+        op.execute(
+            "DO $flash$ BEGIN "
+            f"EXECUTE format('ALTER ROLE {ALL_STORES} IN DATABASE %I RESET work_mem', "
+            "current_database()); END $flash$"
+        )
     op.execute("DROP VIEW IF EXISTS grafana_payout_keys")
     op.execute("DROP VIEW IF EXISTS grafana_stores")
     op.drop_table("store_readers")
