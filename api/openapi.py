@@ -286,7 +286,11 @@ PAYOUT_FILTERS = [
         explode=True,
     ),
     _q("boltcardId", STR, "Only payouts collected by this card."),
-    _q("q", STR, "A payout id or its prefix, or an exact amount."),
+    _q(
+        "q",
+        STR,
+        "A payout id or its prefix, or an exact amount in the payout's currency or in sats.",
+    ),
     _q("minAmount", {"type": "string", "pattern": r"^\d+(\.\d+)?$"}, "Lowest amount."),
     _q("maxAmount", {"type": "string", "pattern": r"^\d+(\.\d+)?$"}, "Highest amount."),
     _q(

@@ -8,7 +8,9 @@ selected, and timed as Grafana's role ``flash_grafana`` over psycopg.
 
 Baseline, timed in the same run: ``SELECT count(*)`` of the payouts of the same stores and
 period, the least any query over that range can cost. Goal: each query under 200 ms, so a board
-(whose queries Grafana sends at once) opens in well under 2 s.
+(whose queries Grafana sends at once) opens in well under 2 s. The overview's totals, top cards
+and list count are also timed over the whole year of the ledger, without a goal: what picking a
+long period costs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ QUICK = (100_000, 2_000)
 RUNS = 15
 GOAL_MS = 200.0
 PERIODS = {"flash-payout-detail": timedelta(days=30)}  # the others open on 7 days
+YEAR = timedelta(days=365)
+LONG_RUNS = 3  # a year of card rollups takes seconds per query: fewer runs, one to warm
+LONG_PERIOD_PANELS = (
+    "Payouts",
+    "Value",
+    "Success rate",
+    "Active cards",
+    "Top Boltcards",
+    "Payouts listed",
+)
 
 
 def load_taps(conninfo: str, taps: int, cards: int) -> None:
@@ -73,12 +85,14 @@ def reader(conninfo: str) -> str:
     )
 
 
-def timed(conn: psycopg.Connection, query: str) -> tuple[list[float], int]:
+def timed(
+    conn: psycopg.Connection, query: str, runs: int = RUNS, warm: int = 2
+) -> tuple[list[float], int]:
     rows = 0
-    for _ in range(2):  # warm the plan and the buffers
+    for _ in range(warm):  # warm the plan and the buffers
         rows = len(conn.execute(query).fetchall())  # type: ignore[call-overload]
     samples = []
-    for _ in range(RUNS):
+    for _ in range(runs):
         started = time.perf_counter()
         conn.execute(query).fetchall()  # type: ignore[call-overload]
         samples.append((time.perf_counter() - started) * 1000)
@@ -108,51 +122,38 @@ def measure(conninfo: str, size: int) -> list[Result]:
     with psycopg.connect(reader(conninfo), autocommit=True) as conn:
         values = variables(conn)
         card_id = values.pop("_card_id")
-        cases: list[tuple[str, str, str, dict[str, Any]]] = []
+        cases: list[tuple[str, str, str, dict[str, Any], timedelta | None]] = []
         for uid, title, raw in sql_queries():
             board_values = dict(values)
             if uid == "flash-boltcards":
                 board_values["card"] = card_id
-            cases.append((uid, title, raw, board_values))
-        # The overview's list with its filters in use, besides its default (no filter).
-        table = next(raw for uid, title, raw in sql_queries() if title == "Payout list")
-        cases.append(
-            (
-                "flash-payouts-overview",
-                "Payout list, search",
-                table,
-                values | {"search": values["payout"]},
-            )
-        )
-        cases.append(
-            (
-                "flash-payouts-overview",
-                "Payout list, card filter",
-                table,
-                values | {"card": card_id},
-            )
-        )
-        cases.append(
-            (
-                "flash-payouts-overview",
-                "Payout list, Failed only",
-                table,
-                values | {"status": ["Failed"]},
-            )
-        )
+            cases.append((uid, title, raw, board_values, None))
+        # The overview's list and its count with their filters in use, besides their default.
+        overview = "flash-payouts-overview"
+        for title in ("Payout list", "Payouts listed"):
+            raw = next(q for _, t, q in sql_queries() if t == title)
+            cases += [
+                (overview, f"{title}, search", raw, values | {"search": values["payout"]}, None),
+                (overview, f"{title}, card filter", raw, values | {"card": card_id}, None),
+                (overview, f"{title}, Failed only", raw, values | {"status": ["Failed"]}, None),
+            ]
+        for uid, title, raw in sql_queries():
+            if uid == overview and title in LONG_PERIOD_PANELS:
+                cases.append((uid, f"{title}, a year", raw, dict(values), YEAR))
         baselines: dict[timedelta, float] = {}
-        for uid, title, raw, board_values in cases:
-            period = PERIODS.get(uid, timedelta(days=7))
+        for uid, title, raw, board_values, long_period in cases:
+            period = long_period or PERIODS.get(uid, timedelta(days=7))
             frame = Frame.last(period, variables=board_values, interval="1h")
+            runs, warm = (LONG_RUNS, 1) if long_period else (RUNS, 2)
             if period not in baselines:
                 count = (
                     "SELECT count(*) FROM grafana_payouts WHERE store_id IN ("
                     + ",".join(f"'{s}'" for s in values["store"])
                     + ") AND $__timeFilter(created_at)"
                 )
-                samples, _ = timed(conn, expand_sql(count, frame))
+                samples, _ = timed(conn, expand_sql(count, frame), runs, warm)
                 baselines[period] = percentiles(samples)["p50"]
-            samples, rows = timed(conn, expand_sql(raw, frame))
+            samples, rows = timed(conn, expand_sql(raw, frame), runs, warm)
             stats = percentiles(samples)
             results.append(
                 Result(
@@ -163,9 +164,10 @@ def measure(conninfo: str, size: int) -> list[Result]:
                     size=f"{size:,} payouts",
                     baseline=f"count(*) of {period.days} days of payouts",
                     baseline_value=baselines[period],
-                    goal=f"< {GOAL_MS:.0f} ms",
-                    met=stats["p99"] < GOAL_MS,
-                    notes=f"p99 {stats['p99']:.1f} ms, {rows} rows",
+                    goal="" if long_period else f"< {GOAL_MS:.0f} ms",
+                    met=None if long_period else stats["p99"] < GOAL_MS,
+                    notes=f"p99 {stats['p99']:.1f} ms, {rows} rows"
+                    + (f", {runs} runs" if long_period else ""),
                     extra={"p99_ms": stats["p99"], "rows": rows},
                 )
             )

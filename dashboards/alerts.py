@@ -18,7 +18,12 @@ from typing import Any
 from .common import CARDS_UID, HEALTH_UID, OVERVIEW_UID, PROMETHEUS_UID, board_path
 from .provisioning import SCRAPE_JOB
 
-FOLDER = "Flash Payouts"
+# The rules' own folder. Grafana's rule provisioning names a folder by its title and creates it
+# with a uid of its own, before any dashboard is provisioned; sharing the boards' folder title
+# would make the boards' provider (folder uid flash-payouts) fail to create its folder.
+FOLDER = "Flash Payouts alerts"
+DEFAULT_GRAFANA_URL = "http://localhost:3000"
+DEFAULT_RUNBOOK_URL = "docs/user-guide.md"
 WEBHOOK_CONTACT = "flash-oncall-webhook"
 
 
@@ -47,7 +52,8 @@ class Thresholds:
     webhook_silence_window: str = "30m"
     reconcile_max_age_seconds: int = 1800
     down_for: str = "2m"
-    grafana_url: str = "http://localhost:3000"
+    grafana_url: str = DEFAULT_GRAFANA_URL  # where the alerts' links to the boards point
+    runbook_url: str = DEFAULT_RUNBOOK_URL  # the user guide; each rule links to its section
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,12 @@ class Rule:
     def dashboard_url(self, grafana_url: str) -> str:
         params = "&".join(f"var-{v}={{{{ $labels.{v} }}}}" for v in self.link_vars)
         return f"{grafana_url.rstrip('/')}{board_path(self.dashboard_uid)}?{params}"
+
+
+def runbook_anchor(title: str) -> str:
+    """The anchor a Markdown renderer gives the heading ``title`` (GitHub's rule)."""
+    slug = re.sub(r"[^\w\- ]", "", title.strip().lower())
+    return slug.replace(" ", "-")
 
 
 def _num(value: float) -> str:
@@ -486,6 +498,7 @@ def _annotations(rule: Rule, t: Thresholds) -> dict[str, str]:
         "summary": rule.summary,
         "description": rule.description,
         "dashboard": rule.dashboard_url(t.grafana_url),
+        "runbook_url": f"{t.runbook_url}#{runbook_anchor(rule.title)}",
     }
 
 
@@ -558,13 +571,13 @@ def promtool_tests(rule_file: str, t: Thresholds | None = None) -> dict[str, Any
 def _grafana_rule(rule: Rule, t: Thresholds, panel_ids: Mapping[tuple[str, str], int]) -> dict:
     expr_ds = {"type": "__expr__", "uid": "__expr__"}
     evaluator = "gt" if rule.op == ">" else "lt"
-    annotations = _annotations(rule, t)
-    annotations["__dashboardUid__"] = rule.dashboard_uid
-    annotations["__panelId__"] = str(panel_ids[rule.dashboard_uid, rule.panel_title])
+    # The rule's panel as Grafana's own export names it: dashboardUid and panelId fields.
     return {
         "uid": rule.uid,
         "title": rule.title,
         "condition": "C",
+        "dashboardUid": rule.dashboard_uid,
+        "panelId": panel_ids[rule.dashboard_uid, rule.panel_title],
         "data": [
             {
                 "refId": "A",
@@ -611,7 +624,7 @@ def _grafana_rule(rule: Rule, t: Thresholds, panel_ids: Mapping[tuple[str, str],
         "noDataState": rule.no_data,
         "execErrState": "Error",
         "for": rule.hold,
-        "annotations": annotations,
+        "annotations": _annotations(rule, t),
         "labels": {"severity": rule.severity, "alertname_prometheus": rule.name},
         "isPaused": False,
     }

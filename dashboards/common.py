@@ -29,6 +29,8 @@ POSTGRES_TYPE = "grafana-postgresql-datasource"
 # picked without editing the board.
 PROM = {"type": "prometheus", "uid": "${datasource}"}
 PG = {"type": POSTGRES_TYPE, "uid": POSTGRES_UID}
+# Grafana's own reference for a panel whose queries go to more than one datasource.
+MIXED = {"type": "datasource", "uid": "-- Mixed --"}
 
 # Grafana 11's dashboard schema; older ones are migrated on load and marked as changed.
 SCHEMA_VERSION = 39
@@ -47,8 +49,20 @@ BOARD_SLUGS = {
 
 # The store variable filters Prometheus series with ``store=~"$store"`` and SQL rows with
 # ``store_id IN ($store)``: Grafana renders a multi-value variable as a regex for the one and
-# as a quoted list for the other.
+# as a quoted list for the other. Its values are store ids, its texts the stores' names.
 STORE_FILTER = 'store=~"$store"'
+STORE_CHOICES = """
+SELECT store_id AS __value,
+       coalesce(nullif(name, ''), store_id) AS __text
+  FROM grafana_stores
+ ORDER BY 2, 1
+""".strip()
+
+
+# Where the API streams a filtered payout list (api/app.py); the boards link to it.
+API_EXPORT_PATH = "/plugins/flash/api/payouts/export"
+API_URL_VARIABLE = "api_url"
+DEFAULT_API_URL = "http://127.0.0.1:8081"
 
 
 def board_path(uid: str) -> str:
@@ -67,15 +81,18 @@ def datasource_variable() -> Template:
 
 
 def store_variable() -> Template:
+    # From the ledger, not from Prometheus: it names the stores, and a store's own database
+    # role (one Grafana organisation per store) lists only that store.
     tpl = Template(
         name="store",
         label="Store",
         type="query",
-        dataSource=PROM,
-        query="label_values(flash_store_info, store)",
+        dataSource=PG,
+        query=STORE_CHOICES,
         includeAll=True,
         multi=True,
         refresh=1,
+        sort=0,
     )
     return _all_selected(tpl)
 
@@ -94,6 +111,13 @@ def custom_variable(name: str, label: str, values: Iterable[str]) -> Template:
 
 def textbox_variable(name: str, label: str, default: str = "") -> Template:
     return Template(name=name, label=label, type="textbox", query=default, default=default)
+
+
+def api_url_variable(url: str = DEFAULT_API_URL) -> Template:
+    """Where browsers reach the API, for the export links; ``dashboards generate`` sets it."""
+    return Template(
+        name=API_URL_VARIABLE, label="API", type="constant", query=url, default=url, hide=2
+    )
 
 
 def sql_variable(name: str, label: str, sql: str) -> Template:
@@ -125,7 +149,12 @@ class Layout:
     def place(self, panel: Panel, w: int, h: int) -> Panel:
         if self.x + w > 24:
             self.newline()
-        placed = attr.evolve(panel, gridPos=GridPos(h=h, w=w, x=self.x, y=self.y), id=self.next_id)
+        placed = attr.evolve(
+            panel,
+            gridPos=GridPos(h=h, w=w, x=self.x, y=self.y),
+            id=self.next_id,
+            dataSource=panel_datasource(panel.targets),
+        )
         self.next_id += 1
         self.x += w
         self.row_height = max(self.row_height, h)
@@ -178,9 +207,92 @@ def board_links() -> list[dict[str, Any]]:
     ]
 
 
+def panel_datasource(targets: Iterable[Any]) -> dict[str, str]:
+    """The panel's own datasource: its targets' one, or Mixed when they name several.
+
+    Grafana sends a panel's queries to the panel's datasource and rewrites every target that
+    names another one (PanelQueryRunner), unless the panel is Mixed; a panel without one goes
+    to the default datasource. So the panel must name what its targets name.
+    """
+    refs = {json.dumps(t.datasource, sort_keys=True) for t in targets}
+    if len(refs) == 1:
+        return json.loads(refs.pop())
+    return dict(MIXED)
+
+
 def to_json(dashboard: Dashboard) -> str:
-    data = dashboard.to_json_data()
-    return json.dumps(data, cls=DashboardEncoder, sort_keys=True, indent=2) + "\n"
+    data = exported(json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder)))
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+# What grafanalib writes that Grafana 11's models do not have: options of the old Graph and
+# Singlestat era and of grafanalib's own layout. Grafana ignores most of them on load, but an
+# export of the same board would not carry them.
+_BOARD_LEGACY = ("rows", "hideControls", "sharedCrosshair", "style", "__inputs", "gnetId")
+_PANEL_KEYS = {
+    "type", "id", "pluginVersion", "targets", "title", "description", "transparent",
+    "datasource", "gridPos", "links", "repeat", "repeatDirection", "maxPerRow",
+    "maxDataPoints", "transformations", "interval", "timeFrom", "timeShift",
+    "hideTimeOverride", "libraryPanel", "cacheTimeout", "queryCachingTTL", "options",
+    "fieldConfig",
+}  # fmt: skip
+_OPTIONS_LEGACY = {"bargauge": ("fieldOptions", "showThresholdLabels", "showThresholdMarkers")}
+_VARIABLE_LEGACY = ("tagValuesQuery", "tagsQuery", "useTags", "tags")
+_BASE_THRESHOLD = {"color": "green", "value": None}
+
+
+def exported(data: dict[str, Any]) -> dict[str, Any]:
+    """A grafanalib board in the shape Grafana 11 itself exports (its panel and variable
+    models, no nulls where Grafana writes none)."""
+    for key in _BOARD_LEGACY:
+        data.pop(key, None)
+    data = _without_nulls(data)
+    data["panels"] = [_exported_panel(p) for p in data["panels"]]
+    for variable in data["templating"]["list"]:
+        for key in _VARIABLE_LEGACY:
+            variable.pop(key, None)
+        variable.get("current", {}).pop("tags", None)
+        if variable["type"] != "interval":
+            for key in ("auto", "auto_count", "auto_min"):
+                variable.pop(key, None)
+        if variable["type"] in ("textbox", "custom", "constant", "datasource"):
+            variable.pop("datasource", None)
+    return data
+
+
+def _exported_panel(panel: dict[str, Any]) -> dict[str, Any]:
+    panel = {k: v for k, v in panel.items() if k in _PANEL_KEYS}
+    options = panel.setdefault("options", {})
+    for key in _OPTIONS_LEGACY.get(panel["type"], ()):
+        options.pop(key, None)
+    defaults = panel.setdefault("fieldConfig", {}).setdefault("defaults", {})
+    panel["fieldConfig"].setdefault("overrides", [])
+    thresholds = defaults.setdefault("thresholds", {"mode": "absolute"})
+    steps = thresholds.get("steps")
+    thresholds["steps"] = [dict(_BASE_THRESHOLD)] + [
+        {"color": s["color"], "value": float(s["value"])}
+        for s in (steps if isinstance(steps, list) else [])[1:]
+    ]
+    custom = defaults.get("custom")
+    if panel["type"] == "table" and isinstance(custom, dict):
+        # Grafana 10.1 replaced the table's displayMode with cellOptions (migration 38).
+        mode = custom.pop("displayMode", "auto")
+        custom.setdefault("cellOptions", {"type": mode})
+    if custom == {}:
+        defaults.pop("custom")
+    return panel
+
+
+def _without_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _without_nulls(v)
+            for k, v in node.items()
+            if v is not None or k in ("value", "datasource")
+        }
+    if isinstance(node, list):
+        return [_without_nulls(v) for v in node]
+    return node
 
 
 def to_dict(dashboard: Dashboard) -> dict[str, Any]:

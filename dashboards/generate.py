@@ -1,27 +1,33 @@
 """Writing every provisioning file: ``generate(out_dir)`` is the one entry point.
 
 ``out_dir`` becomes the ``provisioning/`` folder: ``grafana/`` (datasources, dashboards and
-their provider, alerting), ``prometheus/`` (configuration, rules, promtool tests) and
-``alertmanager/``. The output depends on nothing but the code and the given settings, so the
-committed copy can be checked by regenerating it.
+their provider), ``grafana-alerting/`` (the same rules as Grafana-managed rules, with their
+contact point and policy: an opt-in, see docs/grafana.md), ``prometheus/`` (configuration,
+rules, promtool tests) and ``alertmanager/``. By default the alerts take one path, Prometheus
+to Alertmanager; ``prometheus/prometheus-grafana-alerting.yml`` is Prometheus without rules for
+the stack that lets Grafana alert instead. The output depends on nothing but the code and the
+given settings, so the committed copy can be checked by regenerating it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import alerts
-from .common import to_dict, to_json
+from .common import API_URL_VARIABLE, to_dict, to_json
 from .loader import load_dashboards
 from .provisioning import (
+    StoreOrg,
     Targets,
     alertmanager_config,
     dashboard_provider,
     datasources,
     prometheus_config,
+    store_datasources,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,20 +53,26 @@ def panel_ids() -> dict[tuple[str, str], int]:
 
 
 def render(
-    thresholds: alerts.Thresholds | None = None, targets: Targets | None = None
+    thresholds: alerts.Thresholds | None = None,
+    targets: Targets | None = None,
+    orgs: list[StoreOrg] | None = None,
 ) -> dict[str, str]:
-    """Relative path -> content, for every generated file."""
+    """Relative path -> content, for every generated file; ``orgs`` adds a Grafana organisation
+    per store (its datasources and its boards' provider)."""
     t = thresholds or alerts.Thresholds()
     where = targets or Targets()
     files: dict[str, str] = {
         "grafana/datasources/flash.yaml": dump_yaml(datasources(where)),
         "grafana/dashboards/flash.yaml": dump_yaml(dashboard_provider()),
-        "grafana/alerting/rules.yaml": dump_yaml(alerts.grafana_rules(panel_ids(), t)),
-        "grafana/alerting/contact-points.yaml": dump_yaml(
+        "grafana-alerting/rules.yaml": dump_yaml(alerts.grafana_rules(panel_ids(), t)),
+        "grafana-alerting/contact-points.yaml": dump_yaml(
             alerts.grafana_contact_points(where.alert_webhook_env)
         ),
-        "grafana/alerting/policies.yaml": dump_yaml(alerts.grafana_policies()),
+        "grafana-alerting/policies.yaml": dump_yaml(alerts.grafana_policies()),
         "prometheus/prometheus.yml": dump_yaml(prometheus_config(where)),
+        "prometheus/prometheus-grafana-alerting.yml": dump_yaml(
+            prometheus_config(where, [], alerting=False)
+        ),
         f"prometheus/rules/{RULE_FILE}": dump_yaml(alerts.prometheus_rules(t)),
         "prometheus/tests/flash.test.yml": dump_yaml(
             alerts.promtool_tests(f"../rules/{RULE_FILE}", t)
@@ -68,18 +80,41 @@ def render(
         "alertmanager/alertmanager.yml": dump_yaml(alertmanager_config(where)),
     }
     for name, board in load_dashboards().items():
-        files[f"grafana/dashboards/{name}.json"] = to_json(board)
+        files[f"grafana/dashboards/{name}.json"] = _with_api_url(to_json(board), where.api_url)
+    if orgs:
+        files["grafana/datasources/stores.yaml"] = dump_yaml(store_datasources(where, orgs))
+        files["grafana/dashboards/stores.yaml"] = dump_yaml(dashboard_provider(orgs))
+        files["grafana/organisations.yaml"] = dump_yaml(
+            {
+                "organisations": [
+                    {"orgId": o.org_id, "name": o.title, "store": o.store_id, "role": o.role}
+                    for o in orgs
+                ]
+            }
+        )
     return files
+
+
+def _with_api_url(board_json: str, api_url: str) -> str:
+    """The board with its export links pointing at ``api_url``."""
+    data = json.loads(board_json)
+    for variable in data["templating"]["list"]:
+        if variable["name"] == API_URL_VARIABLE:
+            url = api_url.rstrip("/")
+            variable["query"] = url
+            variable["current"] = {"selected": False, "text": url, "value": url}
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
 def generate(
     out_dir: Path = DEFAULT_OUT,
     thresholds: alerts.Thresholds | None = None,
     targets: Targets | None = None,
+    orgs: list[StoreOrg] | None = None,
 ) -> list[Path]:
     """Write every provisioning file under ``out_dir``; returns the paths written."""
     written = []
-    for rel, content in sorted(render(thresholds, targets).items()):
+    for rel, content in sorted(render(thresholds, targets, orgs).items()):
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)

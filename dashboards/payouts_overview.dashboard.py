@@ -8,10 +8,12 @@ from grafanalib.core import BarGauge, PieChartv2, Stat, Table, TimeSeries
 
 from dashboards import sql
 from dashboards.common import (
+    API_EXPORT_PATH,
     DETAIL_UID,
     OVERVIEW_UID,
     STORE_FILTER,
     Layout,
+    api_url_variable,
     board,
     board_links,
     board_path,
@@ -32,21 +34,48 @@ STATUS_COLOURS = {
 }
 
 
-def _increase(metric: str) -> str:
-    return f"sum(increase({metric}{{{STORE_FILTER}}}[$__range]))"
-
-
-def _stat(title: str, expr: str, description: str, unit: str = "none") -> Stat:
+def _stat(title: str, target: object, description: str, unit: str = "none") -> Stat:
     return Stat(
         title=title,
         description=description,
-        targets=[prom(expr, instant=True)],
+        targets=[target],
         format=unit,
         reduceCalc="lastNotNull",
         graphMode="none",
-        noValue="0",
+        noValue="0" if unit != "percentunit" else "-",
         decimals=None if unit == "percentunit" else 0,
     )
+
+
+def _total(title: str, raw: str, description: str, unit: str = "none") -> Stat:
+    return _stat(title, sql_target(raw), description + DAYS_NOTE, unit)
+
+
+# The totals count whole UTC days, as the API's statistics do.
+DAYS_NOTE = (
+    " Counted from the ledger's daily rollup over the whole UTC days the period touches, by "
+    "creation day and status now: the same figures as the API's /payouts/stats."
+)
+
+
+def export_link() -> dict[str, Any]:
+    """The API's CSV export of every payout of the row's store that the list's filters match."""
+    query = "&".join(
+        [
+            'storeId=${__data.fields["Store id"]}',
+            "startDate=${__from:date:iso}",
+            "endDate=${__to:date:iso}",
+            "status=${status:csv}",
+            'boltcardId=${__data.fields["Card id"]}',
+            "q=${search:percentencode}",
+            "format=csv",
+        ]
+    )
+    return {
+        "title": "Export these payouts as CSV (API)",
+        "url": "${api_url}" + API_EXPORT_PATH + "?" + query,
+        "targetBlank": True,
+    }
 
 
 def status_mappings() -> list[dict[str, Any]]:
@@ -83,37 +112,28 @@ def _trend(title: str, raw: str, description: str) -> TimeSeries:
     )
 
 
-completed = _increase("flash_payouts_completed_total")
-failed = _increase("flash_payouts_failed_total")
-
 layout = Layout()
 panels = [
+    layout.place(_total("Payouts", sql.TOTAL_PAYOUTS, "Payouts created in the period."), 4, 4),
     layout.place(
-        _stat(
-            "Payouts",
-            _increase("flash_payouts_created_total"),
-            "Payouts created in the picked period.",
-        ),
-        4,
-        4,
-    ),
-    layout.place(
-        _stat(
+        _total(
             "Value",
-            _increase("flash_payouts_created_value_sats_total"),
-            "Value of the payouts created in the picked period.",
+            sql.TOTAL_SATS,
+            "Value of the payouts created in the period, in sats.",
             unit="suffix: sats",
         ),
         4,
         4,
     ),
-    layout.place(_stat("Completed", completed, "Payouts completed in the period."), 3, 4),
-    layout.place(_stat("Failed", failed, "Payouts failed in the period."), 3, 4),
+    layout.place(
+        _total("Completed", sql.TOTAL_COMPLETED, "Payouts of the period completed now."), 3, 4
+    ),
+    layout.place(_total("Failed", sql.TOTAL_FAILED, "Payouts of the period failed now."), 3, 4),
     layout.place(
         _stat(
             "Pending now",
-            f'sum(flash_payouts{{{STORE_FILTER}, status="Pending"}})',
-            "Payouts waiting for approval now.",
+            prom(f'sum(flash_payouts{{{STORE_FILTER}, status="Pending"}})', instant=True),
+            "Payouts waiting for approval now (live, from Prometheus).",
         ),
         2,
         4,
@@ -121,27 +141,27 @@ panels = [
     layout.place(
         _stat(
             "Processing now",
-            f'sum(flash_payouts{{{STORE_FILTER}, status="Processing"}})',
-            "Payouts approved and being paid now.",
+            prom(f'sum(flash_payouts{{{STORE_FILTER}, status="Processing"}})', instant=True),
+            "Payouts approved and being paid now (live, from Prometheus).",
         ),
         2,
         4,
     ),
     layout.place(
-        _stat(
+        _total(
             "Success rate",
-            f"{completed} / (({completed} + {failed}) > 0)",
-            "Completed among the payouts that finished in the period (completed or failed).",
+            sql.SUCCESS_RATE,
+            "Completed among the payouts of the period that finished (completed or failed).",
             unit="percentunit",
         ),
         3,
         4,
     ),
     layout.place(
-        _stat(
+        _total(
             "Active cards",
-            f'sum(flash_active_cards{{{STORE_FILTER}, window="1d"}})',
-            "Distinct Boltcards that collected a payout in the last 24 hours.",
+            sql.ACTIVE_CARDS,
+            "Boltcards that collected at least one payout in the period.",
         ),
         3,
         4,
@@ -191,25 +211,26 @@ panels += [
     layout.place(
         BarGauge(
             title="Top Boltcards",
-            description="Payouts collected in the period by the busiest cards (the cards "
-            "the exporter ranks as its top K; a card shows as its alias or an id prefix).",
-            targets=[
-                prom(
-                    "topk(10, sum by (card) (increase(flash_card_payouts_total"
-                    f"{{{STORE_FILTER}}}[$__range])))",
-                    "{{card}}",
-                    instant=True,
-                )
-            ],
+            description="The cards that collected the most value in the period (alias, or "
+            "card id), as the API's topCards ranks them." + DAYS_NOTE,
+            targets=[sql_target(sql.TOP_CARDS)],
+            # The id ties the bars to the API's topCards; the bars are named by "Card" alone.
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Card id": True}}}],
             extraJson={
                 "options": {
                     "displayMode": "basic",
                     "orientation": "horizontal",
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                    "reduceOptions": {
+                        "calcs": ["lastNotNull"],
+                        "fields": "/^Sats$/",
+                        "values": True,
+                    },
                     "showUnfilled": True,
                     "valueMode": "color",
+                    "namePlacement": "auto",
+                    "sizing": "auto",
                 },
-                "fieldConfig": {"defaults": {"decimals": 0, "min": 0, "unit": "none"}},
+                "fieldConfig": {"defaults": {"decimals": 0, "min": 0, "unit": "suffix: sats"}},
             },
         ),
         9,
@@ -245,8 +266,10 @@ panels.append(
     layout.place(
         Table(
             title="Payout list",
-            description="Newest first, within the picked period, the store, status, card and "
-            "search filters. Click a payout id for its detail; click a column header to sort.",
+            description=f"Newest first, within the picked period, the store, status, card and "
+            f"search filters; at most {sql.LIST_LIMIT:,} rows (the panel below says how many "
+            "match, and exports them all). Click a payout id for its detail; click a column "
+            "header to sort.",
             targets=[sql_target(sql.PAYOUTS_TABLE)],
             filterable=True,
             sortBy=[],
@@ -291,6 +314,46 @@ panels.append(
         14,
     )
 )
+layout.newline()
+panels.append(
+    layout.place(
+        Table(
+            title="Payouts listed",
+            description=f"Per store: the payouts the list above shows (its newest "
+            f"{sql.LIST_LIMIT:,} across the stores) and all that match its filters. The "
+            "export link streams every matching payout of the store from the API as CSV (the "
+            "API asks for the store's token or BTCPay API key).",
+            targets=[sql_target(sql.PAYOUTS_LISTED)],
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "Matching"},
+                    "properties": [{"id": "links", "value": [export_link()]}],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "Store id"},
+                    "properties": [{"id": "custom.hidden", "value": True}],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "Card id"},
+                    "properties": [{"id": "custom.hidden", "value": True}],
+                },
+            ],
+            extraJson={
+                "options": {
+                    "cellHeight": "sm",
+                    "footer": {
+                        "show": True,
+                        "reducer": ["sum"],
+                        "fields": ["Listed", "Matching"],
+                        "countRows": False,
+                    },
+                },
+            },
+        ),
+        24,
+        5,
+    )
+)
 
 dashboard = board(
     uid=OVERVIEW_UID,
@@ -303,7 +366,8 @@ dashboard = board(
         store_variable(),
         custom_variable("status", "Status", STATUSES),
         textbox_variable("card", "Card (id or alias)"),
-        textbox_variable("search", "Search (payout id, pull payment id, amount)"),
+        textbox_variable("search", "Search (payout id or its start, amount, sats)"),
+        api_url_variable(),
     ],
     links=board_links(),
 )

@@ -18,12 +18,41 @@ SEARCH = "${search:sqlstring}"
 PAYOUT = "${payout:sqlstring}"
 CARD = "${card:sqlstring}"
 
+# The search box matches what the API's ``q`` matches: a payout id by its prefix, or an exact
+# amount in the payout's own currency or in sats. The text is cast through text so that
+# PostgreSQL converts it only when the pattern matched: a quoted literal cast straight to a
+# number would be converted (and fail) while parsing.
+SEARCH_MATCH = f"""
+({SEARCH} = ''
+        OR payout_id LIKE replace(replace(replace({SEARCH}, '\\', '\\\\'), '%', '\\%'), '_', '\\_')
+                          || '%'
+        OR amount = CASE WHEN {SEARCH} ~ '^[0-9]{{1,16}}(\\.[0-9]{{1,12}})?$'
+                         THEN ({SEARCH}::text)::numeric END
+        OR amount_sats = CASE WHEN {SEARCH} ~ '^[0-9]{{1,18}}$' THEN ({SEARCH}::text)::bigint END)
+""".strip()
+
+# The card filter: the card's ids are gathered once (ARRAY(...)) so that the payouts are found
+# through their card index; an OR of the id and an IN (subquery) made PostgreSQL walk the whole
+# period.
+CARD_MATCH = f"""
+({CARD} = ''
+        OR card_id = ANY (ARRAY(SELECT card_id FROM grafana_cards
+                                 WHERE card_id = {CARD} OR alias = {CARD})))
+""".strip()
+
+PAYOUT_FILTER = f"""
+$__timeFilter(created_at)
+   AND store_id IN ($store)
+   AND status IN ($status)
+   AND {CARD_MATCH}
+   AND {SEARCH_MATCH}
+""".strip()
+
+# The list holds at most this many rows; the panel beside it says how many of how many.
+LIST_LIMIT = 1000
+
 # The payouts table of the overview: newest first within the picked period, filtered by store,
-# status, card (id or alias) and a search text (payout id, pull payment id, amount or sats).
-# The card's ids are gathered once (ARRAY(...)) so that the payouts are found through their
-# card index; an OR of the id and an IN (subquery) made PostgreSQL walk the whole period.
-# The search is cast through text so that PostgreSQL converts it only when the pattern matched:
-# a quoted literal cast straight to numeric would be converted (and fail) while parsing.
+# status, card (id or alias) and the search text.
 PAYOUTS_TABLE = f"""
 SELECT payout_id AS "Payout",
        created_at AS "Created",
@@ -35,26 +64,84 @@ SELECT payout_id AS "Payout",
        completed_at AS "Completed",
        store_id AS "Store"
   FROM grafana_payouts
- WHERE $__timeFilter(created_at)
-   AND store_id IN ($store)
-   AND status IN ($status)
-   AND ({CARD} = ''
-        OR card_id = ANY (ARRAY(SELECT card_id FROM grafana_cards
-                                 WHERE card_id = {CARD} OR alias = {CARD})))
-   AND ({SEARCH} = ''
-        OR payout_id = {SEARCH}
-        OR pull_payment_id = {SEARCH}
-        OR amount = CASE WHEN {SEARCH} ~ '^[0-9]+(\\.[0-9]+)?$' THEN ({SEARCH}::text)::numeric END
-        OR amount_sats = CASE WHEN {SEARCH} ~ '^[0-9]{{1,18}}$' THEN ({SEARCH}::text)::bigint END)
+ WHERE {PAYOUT_FILTER}
  ORDER BY created_at DESC
- LIMIT 1000
+ LIMIT {LIST_LIMIT}
 """.strip()
 
-# Trends come from the daily rollup (store, creation day, current status), never the facts.
-_DAILY_RANGE = (
-    "day BETWEEN $__timeFrom()::date AND $__timeTo()::date "
-    "AND store_id IN ($store) AND status IN ($status)"
+# The UTC days a period touches, as the API's rollup reads count them: the first day holds the
+# start, the last one holds the instant just before the end (an end at midnight ends the day
+# before). Grafana writes $__timeFrom() and $__timeTo() as UTC RFC 3339 text, whose date is
+# the UTC day; as a timestamp without time zone PostgreSQL reads its UTC wall time.
+DAYS = (
+    "day BETWEEN $__timeFrom()::date AND ($__timeTo()::timestamp - interval '1 microsecond')::date"
 )
+
+# Trends come from the daily rollup (store, creation day, current status), never the facts.
+_DAILY_RANGE = f"{DAYS} AND store_id IN ($store) AND status IN ($status)"
+
+# --- the overview's totals: the API's /payouts/stats and /boltcards/usage for the same days
+
+_TOTAL_DAYS = f"{DAYS} AND store_id IN ($store)"
+
+
+def _total(expression: str, name: str) -> str:
+    return f"""
+SELECT {expression} AS "{name}"
+  FROM grafana_payout_daily
+ WHERE {_TOTAL_DAYS}
+""".strip()
+
+
+def _status_count(status: str) -> str:
+    return _total(f"coalesce(sum(count) FILTER (WHERE status = '{status}'), 0)", status)
+
+
+TOTAL_PAYOUTS = _total("coalesce(sum(count), 0)", "Payouts")
+TOTAL_SATS = _total("coalesce(sum(amount_sats), 0)", "Sats")
+TOTAL_COMPLETED = _status_count("Completed")
+TOTAL_FAILED = _status_count("Failed")
+# Completed among the payouts that finished (completed or failed); none finished: no value.
+SUCCESS_RATE = _total(
+    "sum(count) FILTER (WHERE status = 'Completed')::float8"
+    " / nullif(sum(count) FILTER (WHERE status IN ('Completed', 'Failed')), 0)",
+    "Success rate",
+)
+
+# Cards that collected at least one payout in the days.
+ACTIVE_CARDS = f"""
+SELECT count(*) AS "Active cards"
+  FROM (SELECT card_id
+          FROM grafana_card_usage
+         WHERE {_TOTAL_DAYS}
+         GROUP BY card_id
+        HAVING sum(payouts) > 0) active
+""".strip()
+
+TOP_CARDS_LIMIT = 10
+
+# The busiest cards by value, ranked as the API's topCards ranks them (value, then card id):
+# the sums per card first, the names of the winners after.
+TOP_CARDS = f"""
+WITH ranked AS (
+    SELECT card_id,
+           sum(payouts) AS payouts,
+           sum(amount_sats) AS sats
+      FROM grafana_card_usage
+     WHERE {_TOTAL_DAYS}
+     GROUP BY card_id
+    HAVING sum(payouts) > 0
+     ORDER BY 3 DESC, 1
+     LIMIT {TOP_CARDS_LIMIT}
+)
+SELECT coalesce(c.alias, r.card_id) AS "Card",
+       r.card_id AS "Card id",
+       r.payouts AS "Payouts",
+       r.sats AS "Sats"
+  FROM ranked r
+  LEFT JOIN grafana_cards c ON c.card_id = r.card_id
+ ORDER BY r.sats DESC, r.card_id
+""".strip()
 
 
 def _trend(period: str) -> str:
@@ -73,6 +160,77 @@ SELECT {period},
 TREND_DAY = _trend("$__timeGroupAlias(day, 1d)")
 TREND_WEEK = _trend("date_trunc('week', day)::timestamp AS \"time\"")
 TREND_MONTH = _trend("date_trunc('month', day)::timestamp AS \"time\"")
+
+# How many payouts the list's filters match, per store, beside how many of them the list shows
+# (the newest LIST_LIMIT across the stores). Without a card or search filter, the whole days
+# inside the period come from the daily rollup and only the partial days at its two ends from
+# the payouts, so a year costs about what two days cost. The counts read grafana_payout_keys,
+# which has no join, so PostgreSQL counts from an index alone.
+_FIRST_DAY = "$__timeFrom()::date"
+_LAST_DAY = "($__timeTo()::timestamp - interval '1 microsecond')::date"
+_INNER_START = f"(({_FIRST_DAY} + 1)::timestamp AT TIME ZONE 'UTC')"
+_INNER_END = f"(greatest({_FIRST_DAY} + 1, {_LAST_DAY})::timestamp AT TIME ZONE 'UTC')"
+_UNFILTERED = f"{CARD} = '' AND {SEARCH} = ''"
+
+PAYOUTS_LISTED = f"""
+WITH listed AS MATERIALIZED (
+    SELECT store_id
+      FROM grafana_payouts
+     WHERE {PAYOUT_FILTER}
+     ORDER BY created_at DESC
+     LIMIT {LIST_LIMIT}
+), shown AS (
+    SELECT store_id, count(*) AS n FROM listed GROUP BY 1
+), matching AS (
+    SELECT store_id, count(*) AS n
+      FROM grafana_payout_keys
+     WHERE NOT ({_UNFILTERED})
+       AND {PAYOUT_FILTER}
+     GROUP BY 1
+    UNION ALL
+    SELECT store_id, count(*)
+      FROM grafana_payout_keys
+     WHERE {_UNFILTERED}
+       AND $__timeFilter(created_at)
+       AND created_at < {_INNER_START}
+       AND store_id IN ($store)
+       AND status IN ($status)
+     GROUP BY 1
+    UNION ALL
+    SELECT store_id, count(*)
+      FROM grafana_payout_keys
+     WHERE {_UNFILTERED}
+       AND $__timeFilter(created_at)
+       AND created_at >= {_INNER_END}
+       AND store_id IN ($store)
+       AND status IN ($status)
+     GROUP BY 1
+    UNION ALL
+    SELECT store_id, sum(count)
+      FROM grafana_payout_daily
+     WHERE {_UNFILTERED}
+       AND day > {_FIRST_DAY} AND day < {_LAST_DAY}
+       AND store_id IN ($store)
+       AND status IN ($status)
+     GROUP BY 1
+), matched AS (
+    SELECT store_id, sum(n) AS n FROM matching GROUP BY 1
+)
+SELECT s.store_id AS "Store id",
+       coalesce(nullif(s.name, ''), s.store_id) AS "Store",
+       coalesce(sh.n, 0) AS "Listed",
+       coalesce(m.n, 0) AS "Matching",
+       -- The API's export filters by card id: the card filter's card, when it names one.
+       coalesce((SELECT c.card_id FROM grafana_cards c
+                  WHERE {CARD} <> '' AND c.store_id = s.store_id
+                    AND (c.card_id = {CARD} OR c.alias = {CARD})
+                  ORDER BY c.card_id LIMIT 1), '') AS "Card id"
+  FROM grafana_stores s
+  LEFT JOIN shown sh ON sh.store_id = s.store_id
+  LEFT JOIN matched m ON m.store_id = s.store_id
+ WHERE s.store_id IN ($store)
+ ORDER BY 2, 1
+""".strip()
 
 STATUS_DISTRIBUTION = f"""
 SELECT status AS "Status",
@@ -160,7 +318,7 @@ SELECT card_id AS __value,
 
 # Sums per card first, names for the page's cards after: joining every rollup row to its card
 # before grouping costs three times as much at 10 million payouts.
-CARD_USAGE = """
+CARD_USAGE = f"""
 WITH usage AS (
     SELECT card_id,
            sum(payouts) AS payouts,
@@ -170,7 +328,7 @@ WITH usage AS (
            min(first_used_at) AS first_used,
            max(last_used_at) AS last_used
       FROM grafana_card_usage
-     WHERE day BETWEEN $__timeFrom()::date AND $__timeTo()::date
+     WHERE {DAYS}
        AND store_id IN ($store)
      GROUP BY card_id
      ORDER BY 2 DESC, 1

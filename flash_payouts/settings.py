@@ -251,6 +251,27 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
         metavar="PASSWORD",
     ),
+    Option(
+        "grafana_url",
+        "http://localhost:3000",
+        "Grafana's address as people open it: the alerts' links to the boards point there "
+        "(used by `dashboards generate`).",
+        metavar="URL",
+    ),
+    Option(
+        "api_url",
+        "",
+        "The API's address as merchants' browsers reach it: the boards' export links point "
+        "there (used by `dashboards generate`; default: http://API_LISTEN).",
+        metavar="URL",
+    ),
+    Option(
+        "runbook_url",
+        "docs/user-guide.md",
+        "Where the user guide is published: each alert's runbook_url is its section there "
+        "(used by `dashboards generate`).",
+        metavar="URL",
+    ),
     Option("log_level", "info", "Log level: debug, info, warning, error.", metavar="LEVEL"),
 )
 
@@ -283,6 +304,9 @@ class Settings:
     api_rate: float = 20.0
     api_burst: int = 60
     grafana_db_password: str = field(default="", repr=False)
+    grafana_url: str = "http://localhost:3000"
+    api_url: str = ""
+    runbook_url: str = "docs/user-guide.md"
     log_level: str = "info"
 
     @property
@@ -291,6 +315,14 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         host, port = listen_address(self.gateway_listen)
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+    @property
+    def api_base_url(self) -> str:
+        """Where browsers reach the API, without a trailing slash."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host, port = listen_address(self.api_listen)
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
     def master_key_text(self) -> str:
@@ -316,7 +348,7 @@ class Settings:
             raise ConfigError(str(exc)) from None
         for name in ("gateway_listen", "api_listen", "metrics_listen"):
             listen_address(getattr(self, name))
-        for name in ("public_url", "btcpay_url"):
+        for name in ("public_url", "btcpay_url", "grafana_url", "api_url"):
             value = getattr(self, name)
             if value and not _is_http_url(value):
                 opt = _BY_NAME[name]

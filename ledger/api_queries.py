@@ -7,6 +7,7 @@ counts the matching rows.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -81,21 +82,25 @@ def _conditions(f: PayoutFilter) -> list[ColumnElement[bool]]:
     if f.max_amount is not None:
         where.append(c.original_amount <= f.max_amount)
     if f.q:
-        escaped = f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        match: ColumnElement[bool] = c.id.like(escaped + "%", escape="\\")
-        amount = _as_amount(f.q)
-        if amount is not None:
-            match = or_(match, c.original_amount == amount)
-        where.append(match)
+        where.append(_search(f.q))
     return where
 
 
-def _as_amount(text: str) -> Decimal | None:
-    try:
-        value = Decimal(text)
-    except ArithmeticError:
-        return None
-    return value if value.is_finite() and value >= 0 else None
+# What ``q`` matches, the same as the boards' search box (dashboards/sql.py): a payout id by
+# its prefix, or an exact amount in the payout's own currency or in sats.
+_PLAIN_AMOUNT = re.compile(r"^[0-9]{1,16}(\.[0-9]{1,12})?$")
+_PLAIN_SATS = re.compile(r"^[0-9]{1,18}$")
+
+
+def _search(q: str) -> ColumnElement[bool]:
+    c = payouts_t.c
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    match: ColumnElement[bool] = c.id.like(escaped + "%", escape="\\")
+    if _PLAIN_AMOUNT.fullmatch(q):
+        match = or_(match, c.original_amount == Decimal(q))
+    if _PLAIN_SATS.fullmatch(q):
+        match = or_(match, c.amount_sats == int(q))
+    return match
 
 
 def _after(

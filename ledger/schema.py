@@ -180,6 +180,11 @@ class Payout(Base):
         Index(None, "card_id", "created_at"),
         Index(None, "payment_hash"),
         Index(None, "pull_payment_id"),
+        # The search (the API's q, the boards' search box): an id by its prefix (LIKE 'x%'
+        # reads this index whatever the database's collation), an exact amount or sats.
+        Index(None, "id", postgresql_ops={"id": "text_pattern_ops"}),
+        Index(None, "store_id", "original_amount"),
+        Index(None, "store_id", "amount_sats"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # BTCPay payout id
@@ -339,6 +344,17 @@ class KeyMaterial(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     sealed: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime]
+
+
+class StoreReader(Base):
+    """A database role that reads one store's rows only (PostgreSQL row-level security), for
+    the store's own Grafana organisation; made by `flash-payouts dashboards roles`."""
+
+    __tablename__ = "store_readers"
+
+    role_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    store_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
 
 
 metadata = Base.metadata

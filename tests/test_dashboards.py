@@ -57,7 +57,7 @@ def test_generate_command_writes_the_committed_files_into_another_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["dashboards", "generate", "--out", str(tmp_path / "out")]) == 0
-    assert "wrote 13 files" in capsys.readouterr().out
+    assert "wrote 14 files" in capsys.readouterr().out
     assert files_under(tmp_path / "out") == files_under(DEFAULT_OUT)
 
 
@@ -75,7 +75,7 @@ def test_boards_are_the_four_of_the_issue_with_stable_uids_and_a_current_schema(
 def test_uids_are_unique_across_boards_rules_and_datasources() -> None:
     uids = [b["uid"] for b in boards()]
     uids += [
-        r["uid"] for g in provisioned("grafana/alerting/rules.yaml")["groups"] for r in g["rules"]
+        r["uid"] for g in provisioned("grafana-alerting/rules.yaml")["groups"] for r in g["rules"]
     ]
     uids += [d["uid"] for d in provisioned("grafana/datasources/flash.yaml")["datasources"]]
     assert len(uids) == len(set(uids))
@@ -117,14 +117,14 @@ def test_every_datasource_reference_exists_in_the_provisioning() -> None:
                 assert sources[variable["current"]["value"]] == ref["type"]
             else:
                 assert sources[uid] == ref["type"], (board["uid"], ref)
-    for group in provisioned("grafana/alerting/rules.yaml")["groups"]:
+    for group in provisioned("grafana-alerting/rules.yaml")["groups"]:
         for rule in group["rules"]:
             for step in rule["data"]:
                 assert step["datasourceUid"] == "__expr__" or step["datasourceUid"] in sources
 
 
 def test_each_rule_condition_and_expression_names_an_existing_ref_id() -> None:
-    for group in provisioned("grafana/alerting/rules.yaml")["groups"]:
+    for group in provisioned("grafana-alerting/rules.yaml")["groups"]:
         for rule in group["rules"]:
             ref_ids = [step["refId"] for step in rule["data"]]
             assert len(ref_ids) == len(set(ref_ids))
@@ -152,14 +152,15 @@ def test_no_panels_overlap_and_all_fit_the_grid() -> None:
 
 def test_every_rule_has_summary_description_severity_and_a_link_to_its_board_and_panel() -> None:
     panels = {(b["uid"], p["id"]) for b in boards() for p in b["panels"]}
-    rules = [r for g in provisioned("grafana/alerting/rules.yaml")["groups"] for r in g["rules"]]
+    rules = [r for g in provisioned("grafana-alerting/rules.yaml")["groups"] for r in g["rules"]]
     assert len(rules) == len(alerts.rules()) >= 12
     for rule in rules:
         notes = rule["annotations"]
         assert notes["summary"] and notes["description"]
         assert rule["labels"]["severity"] in ("warning", "critical")
-        assert (notes["__dashboardUid__"], int(notes["__panelId__"])) in panels
-        assert f"/d/{notes['__dashboardUid__']}/" in notes["dashboard"]
+        assert (rule["dashboardUid"], rule["panelId"]) in panels
+        assert f"/d/{rule['dashboardUid']}/" in notes["dashboard"]
+        assert notes["runbook_url"].startswith("docs/user-guide.md#")
     for rule in alerts.rules():
         text = rule.summary + rule.description
         assert "$labels.store" in text or "$labels.card" in text or "$labels.instance" in text
@@ -259,7 +260,8 @@ def test_docker_compose_parses_and_every_mounted_file_exists() -> None:
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
             else:
                 assert source in compose["volumes"], f"{name} uses undeclared volume {source}"
-    assert "./provisioning/grafana" in mounted
+    assert "./provisioning/grafana/dashboards" in mounted
+    assert "./provisioning/grafana/datasources" in mounted
     assert "./provisioning/prometheus/prometheus.yml" in mounted
     assert services["app"]["build"] == "." and (ROOT / "Dockerfile").exists()
     # Secrets come from the environment, with defaults only for a local trial.
@@ -275,11 +277,12 @@ def test_docker_compose_parses_and_every_mounted_file_exists() -> None:
 def test_grafana_reads_the_ledger_password_and_webhook_from_its_environment() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     grafana_env = compose["services"]["grafana"]["environment"]
+    opt_in = yaml.safe_load((ROOT / "docker-compose.grafana-alerting.yml").read_text())
     ds = provisioned("grafana/datasources/flash.yaml")["datasources"]
     pg = next(d for d in ds if d["type"] == "grafana-postgresql-datasource")
     assert pg["user"] == "flash_grafana"
     assert pg["secureJsonData"]["password"] == "$FLASH_GRAFANA_DB_PASSWORD"
     assert "FLASH_GRAFANA_DB_PASSWORD" in grafana_env
-    contact = provisioned("grafana/alerting/contact-points.yaml")["contactPoints"][0]
+    contact = provisioned("grafana-alerting/contact-points.yaml")["contactPoints"][0]
     assert contact["receivers"][0]["settings"]["url"] == "$FLASH_ALERT_WEBHOOK_URL"
-    assert "FLASH_ALERT_WEBHOOK_URL" in grafana_env
+    assert "FLASH_ALERT_WEBHOOK_URL" in opt_in["services"]["grafana"]["environment"]

@@ -102,8 +102,13 @@ async def run_as_reader(db_url: str, query: str) -> list[tuple[Any, ...]]:
 
 def test_every_board_has_sql_panels_to_check() -> None:
     boards = {uid for uid, _, _ in sql_queries()}
-    assert boards == {"flash-payouts-overview", "flash-payout-detail", "flash-boltcards"}
-    assert len(sql_queries()) >= 14
+    assert boards == {
+        "flash-payouts-overview",
+        "flash-payout-detail",
+        "flash-boltcards",
+        "flash-service-health",  # its store picker
+    }
+    assert len(sql_queries()) >= 24
 
 
 async def test_every_sql_panel_query_returns_rows_as_the_read_only_role(
@@ -138,14 +143,29 @@ async def test_payout_list_filters_by_status_card_and_search(
     assert await ids(card="", search="x' OR '1'='1") == []
 
 
-async def test_reader_role_sees_the_views_but_not_the_tables_and_cannot_write(
+async def test_reader_role_reads_the_views_but_no_secret_and_cannot_write(
     pg_engine: AsyncEngine, pg_db_url: str
 ) -> None:
     await fill(pg_engine)
     assert await run_as_reader(pg_db_url, "SELECT count(*) FROM grafana_payouts") == [(3,)]
-    for table in ("payouts", "boltcards", "card_taps", "stores", "api_tokens"):
+    # The views run with the reader's rights (for row-level security), so it may read the
+    # columns they show; never a sealed key, a keyed hash, a tapper's address or a token.
+    for table, column in (
+        ("boltcards", "keys_sealed"),
+        ("boltcards", "uid_hash"),
+        ("boltcards", "uid"),  # shown through the views only where the store tracks cards
+        ("payouts", "card_uid"),
+        ("card_taps", "uid"),
+        ("card_taps", "k1_hash"),
+        ("card_taps", "remote_addr"),
+        ("stores", "webhook_secret_sealed"),
+        ("stores", "api_key_sealed"),
+        ("payouts", "metadata"),
+        ("api_tokens", "token_hash"),
+        ("key_material", "sealed"),
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await run_as_reader(pg_db_url, f"SELECT 1 FROM {table} LIMIT 1")
+            await run_as_reader(pg_db_url, f"SELECT {column} FROM {table} LIMIT 1")
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         await run_as_reader(pg_db_url, "CREATE TEMP TABLE t (x int)")
 
