@@ -50,6 +50,13 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -245,6 +252,50 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
         metavar="PASSWORD",
     ),
+    Option(
+        "grafana_url",
+        "http://localhost:3000",
+        "Grafana's base URL as merchants reach it, for the link to the boards in scheduled "
+        "reports.",
+        metavar="URL",
+    ),
+    Option(
+        "report_interval",
+        60.0,
+        "Seconds between checks of the report schedules inside `serve`.",
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_retry_base",
+        60.0,
+        "Seconds before a failed report send is tried again; each further retry waits three "
+        "times as long.",
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_attempts",
+        6,
+        "Attempts at sending one report on one channel before it is given up.",
+        _positive_int,
+        metavar="N",
+    ),
+    Option(
+        "report_send_timeout",
+        30.0,
+        "Seconds one report send (SMTP or webhook) may take.",
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_attachment_max_rows",
+        100_000,
+        "Most payouts a report's spreadsheet attachment holds; a larger period's email says "
+        "how to export them instead.",
+        _non_negative_int,
+        metavar="N",
+    ),
     Option("log_level", "info", "Log level: debug, info, warning, error.", metavar="LEVEL"),
 )
 
@@ -277,6 +328,12 @@ class Settings:
     api_rate: float = 20.0
     api_burst: int = 60
     grafana_db_password: str = field(default="", repr=False)
+    grafana_url: str = "http://localhost:3000"
+    report_interval: float = 60.0
+    report_retry_base: float = 60.0
+    report_attempts: int = 6
+    report_send_timeout: float = 30.0
+    report_attachment_max_rows: int = 100_000
     log_level: str = "info"
 
     @property
@@ -310,7 +367,7 @@ class Settings:
             raise ConfigError(str(exc)) from None
         for name in ("gateway_listen", "api_listen", "metrics_listen"):
             listen_address(getattr(self, name))
-        for name in ("public_url", "btcpay_url"):
+        for name in ("public_url", "btcpay_url", "grafana_url"):
             value = getattr(self, name)
             if value and not _is_http_url(value):
                 opt = _BY_NAME[name]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from api_fixtures import STORE_A, add_card, api_client, client_on, shared_ledger
+from api_fixtures import STORE_A, add_card, client_on, shared_ledger, summary_tables
 from conftest import service_missing
 
 from api.spreadsheet import MEDIA_TYPE, currency_decimals
@@ -119,27 +119,6 @@ def same_instant(cell: datetime | None, text: str | None) -> bool:
     if cell is None or text is None:
         return cell is None and text is None
     return abs(cell - instant(text)) < timedelta(milliseconds=1)
-
-
-def summary_tables(ws) -> dict[str, list[dict]]:
-    """The summary sheet's titled tables, each as rows keyed by its header."""
-    tables: dict[str, list[dict]] = {}
-    rows = list(ws.iter_rows(values_only=True))
-    i = 0
-    while i < len(rows):
-        first = rows[i][0] if rows[i] else None
-        nxt = rows[i + 1] if i + 1 < len(rows) else None
-        if isinstance(first, str) and nxt and nxt[0] and nxt[1] and first not in tables:
-            header = [h for h in nxt if h is not None]
-            body = []
-            i += 2
-            while i < len(rows) and any(v is not None for v in rows[i]):
-                if rows[i][0] != "none":
-                    body.append(dict(zip(header, rows[i][: len(header)], strict=True)))
-                i += 1
-            tables[first] = body
-        i += 1
-    return tables
 
 
 async def test_payout_spreadsheet_has_the_json_rows_as_typed_cells(client, tmp_path):
