@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.db import in_transaction
+from ledger.db import in_transaction, readonly
 from ledger.reports import (
     Delivery,
     Schedule,
@@ -184,10 +184,13 @@ class ReportScheduler:
         holder: str | None = None,
     ) -> None:
         self.engine = engine
+        # Reads take no write lock on SQLite (see ledger.db.readonly).
+        self.reader = readonly(engine)
         self.box = box
         self.config = config or ReportConfig()
         self.holder = holder or holder_name()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # stopping, or a send finished: check again now
         self._loop_task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -201,6 +204,7 @@ class ReportScheduler:
     async def stop(self, grace: float | None = None) -> None:
         """Stop checking; let sends in flight finish (up to ``grace`` seconds), then cancel."""
         self._stopping.set()
+        self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
         if self._sends:
@@ -215,6 +219,7 @@ class ReportScheduler:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()
             try:
                 await self.tick()
                 wait = await self._until_next()
@@ -222,10 +227,12 @@ class ReportScheduler:
                 log.exception("report schedule check failed")
                 wait = self.config.interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _until_next(self) -> float:
-        async with self.engine.connect() as conn:
+        if len(self._sends) >= self.config.concurrency:
+            return self.config.interval  # a finishing send wakes the loop
+        async with self.reader.connect() as conn:
             soonest = await next_attempt_at(conn)
         if soonest is None:
             return self.config.interval
@@ -235,12 +242,12 @@ class ReportScheduler:
     async def tick(self, now: datetime | None = None) -> int:
         """Claim what is due and start sending; returns the number of sends started."""
         now = now or datetime.now(UTC)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             schedules = await list_schedules(conn)
         for schedule in schedules:
             await self._claim(schedule, now)
         started = 0
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             keys = await due_deliveries(conn, now)
         for key in keys:
             if len(self._sends) >= self.config.concurrency or self._stopping.is_set():
@@ -256,9 +263,13 @@ class ReportScheduler:
                 continue  # another process took it
             task = asyncio.create_task(self._deliver(delivery))
             self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            task.add_done_callback(self._send_done)
             started += 1
         return started
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._wake.set()
 
     async def _claim(self, schedule: Schedule, now: datetime) -> None:
         if not schedule.channels:
@@ -278,6 +289,11 @@ class ReportScheduler:
         )
         if not periods:
             return
+        async with self.reader.connect() as conn:
+            if {p.start for p in periods} <= await claimed_periods(
+                conn, schedule.id, periods[0].start
+            ):
+                return  # the usual case: nothing new, and no write transaction taken
 
         async def claim(conn: AsyncConnection) -> int:
             taken = await claimed_periods(conn, schedule.id, periods[0].start)
@@ -311,7 +327,7 @@ class ReportScheduler:
         assert self._sender is not None
         error: str | None = None
         try:
-            async with self.engine.connect() as conn:
+            async with self.reader.connect() as conn:
                 schedule = await get_schedule(conn, delivery.schedule_id)
             if schedule is None:
                 return  # removed meanwhile, with its deliveries
