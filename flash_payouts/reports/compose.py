@@ -71,9 +71,10 @@ class Report:
         if not self.late or self.due_at is None:
             return None
         return (
-            f"This report is late: it fell due at {self.due_at:%Y-%m-%d %H:%M} UTC, while no "
-            "monitor process was running to send it; it was sent when one started again. "
-            "The figures are as the ledger holds them now."
+            f"This report is late: it fell due at {self.due_at:%Y-%m-%d %H:%M} UTC, when no "
+            "monitor process could send it (none was running, or the ledger was out of "
+            "reach); it was sent as soon as one could. The figures are as the ledger holds "
+            "them now."
         )
 
     def payload(self) -> dict[str, Any]:
