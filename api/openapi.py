@@ -13,6 +13,7 @@ from ledger.status import BTCPAY_STATES, STATUSES
 
 from .context import PREFIX
 from .params import MAX_LIMIT
+from .spreadsheet import MEDIA_TYPE
 
 Schema = dict[str, Any]
 
@@ -306,7 +307,12 @@ USAGE_FILTERS = [
     _q("sort", {"type": "string", "enum": list(USAGE_SORTS), "default": "totalAmount"}, "Sort."),
     ORDER,
 ]
-FORMAT = _q("format", {"type": "string", "enum": ["csv", "json"], "default": "csv"}, "Format.")
+FORMAT = _q(
+    "format",
+    {"type": "string", "enum": ["csv", "json", "xlsx"], "default": "csv"},
+    "Format: CSV, a JSON array, or a spreadsheet (.xlsx: typed cells, frozen header, "
+    "autofilter, and a summary sheet with the totals by status and the top cards).",
+)
 
 
 def _json(name: str) -> Schema:
@@ -364,6 +370,7 @@ def _export(description: str) -> Schema:
         "content": {
             "text/csv": {"schema": {"type": "string"}},
             "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
         },
     }
 

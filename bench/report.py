@@ -8,7 +8,7 @@ from pathlib import Path
 from .common import RESULTS
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("gateway", "ingest", "exporter", "api", "dashboards")
+SUITES = ("gateway", "ingest", "exporter", "api", "dashboards", "exports")
 
 
 def _fmt(value: float | None) -> str:

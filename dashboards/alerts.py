@@ -52,6 +52,7 @@ class Thresholds:
     webhook_silence_window: str = "30m"
     reconcile_max_age_seconds: int = 1800
     down_for: str = "2m"
+    report_failure_window: str = "1h"
     grafana_url: str = DEFAULT_GRAFANA_URL  # where the alerts' links to the boards point
     runbook_url: str = DEFAULT_RUNBOOK_URL  # the user guide; each rule links to its section
 
@@ -142,6 +143,7 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
     )
     ww = t.webhook_silence_window
     bw = t.btcpay_refusal_window
+    rw = t.report_failure_window
     return [
         Rule(
             name="FlashReplayedCounter",
@@ -433,6 +435,33 @@ def rules(t: Thresholds | None = None) -> list[Rule]:
                     'flash_reconcile_last_success_timestamp_seconds{store="good"}': "0+60x80",
                 },
                 70,
+                {"store": "bad"},
+            ),
+        ),
+        Rule(
+            name="FlashReportSendsFailing",
+            uid="flash-report-sends-failing",
+            title="Scheduled report sends failing",
+            group="service",
+            value=f"sum by (store) (increase(flash_report_send_failures_total[{rw}]))",
+            op=">",
+            threshold=0,
+            hold="0s",
+            severity="warning",
+            summary=f"Scheduled reports of {store} failing to send",
+            description=f"Sending a scheduled report of {store} (by email or to its webhook) "
+            f"failed in the last {rw}. It is tried again with backoff, then given up "
+            "(flash_report_abandoned_total); check the SMTP server or the webhook target shown "
+            "by `flash-payouts reports list`.",
+            dashboard_uid=HEALTH_UID,
+            panel_title="Report sends",
+            lookback_seconds=_seconds(rw),
+            case=Case(
+                {
+                    'flash_report_send_failures_total{store="bad",channel="email"}': "0x10 2x20",
+                    'flash_report_send_failures_total{store="good",channel="email"}': "0x30",
+                },
+                15,
                 {"store": "bad"},
             ),
         ),

@@ -185,6 +185,27 @@ panels += [
         8,
     ),
 ]
+layout.newline()
+panels += [
+    layout.place(
+        _series(
+            "Report sends",
+            "Scheduled reports delivered, and failed attempts at sending them, per hour by "
+            "channel.",
+            (
+                f"sum by (channel) (increase(flash_report_sends_total{{{STORE_FILTER}}}[1h]))",
+                "{{channel}} sent",
+            ),
+            (
+                "sum by (channel) "
+                f"(increase(flash_report_send_failures_total{{{STORE_FILTER}}}[1h]))",
+                "{{channel}} failed",
+            ),
+        ),
+        8,
+        8,
+    ),
+]
 
 dashboard = board(
     uid=HEALTH_UID,

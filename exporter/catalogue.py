@@ -4,8 +4,9 @@ The exporter builds its families from these specs, the HTTP instrumentation name
 from them, ``docs/metrics.md`` is generated from them and the dashboards and alert rules refer to
 them. A name here is a promise to every panel and alert: change one only with a migration note.
 
-Labels are bounded enums (store, status, outcome, currency, event, window, listener, route) plus
-``card`` on the per-card families, which exist only for the top K cards by recent activity.
+Labels are bounded enums (store, status, outcome, currency, event, window, listener, route,
+channel) plus ``card`` on the per-card families, which exist only for the top K cards by recent
+activity.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ledger.outcomes import BTCPAY_CALLBACK_OUTCOMES, CALLBACK_OUTCOMES, TAP_OUTCOMES
+from ledger.reports import CHANNELS as REPORT_CHANNELS
 from ledger.status import STATUSES
 
 MetricType = Literal["counter", "gauge", "histogram"]
@@ -330,6 +332,34 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         area="btcpay",
         source="payout_events.received_at (indexed per store)",
     ),
+    # --- scheduled reports
+    MetricSpec(
+        "flash_report_sends_total",
+        "counter",
+        "Reports delivered, by store and channel (email, webhook): the scheduled ones and "
+        "those sent with `reports send-now`.",
+        labels=("store", "channel"),
+        area="reports",
+        source="counters report_sends",
+    ),
+    MetricSpec(
+        "flash_report_send_failures_total",
+        "counter",
+        "Failed attempts at sending a report, by store and channel; a scheduled report is "
+        "tried again with backoff until its last attempt.",
+        labels=("store", "channel"),
+        area="reports",
+        source="counters report_send_failures",
+    ),
+    MetricSpec(
+        "flash_report_abandoned_total",
+        "counter",
+        "Scheduled reports given up after their last failed attempt (not delivered), by store "
+        "and channel.",
+        labels=("store", "channel"),
+        area="reports",
+        source="counters report_abandoned",
+    ),
     # --- HTTP listeners (direct instrumentation, process-wide)
     MetricSpec(
         "flash_http_requests_total",
@@ -368,6 +398,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("taps", "Taps"),
     ("cards", "Cards"),
     ("btcpay", "BTCPay webhooks and reconciles"),
+    ("reports", "Scheduled reports"),
     ("http", "HTTP listeners"),
 )
 
@@ -399,6 +430,7 @@ def metrics_markdown() -> str:
         f"- `event`: {', '.join(WEBHOOK_EVENTS)}",
         f"- `window`: {', '.join(w for w, _ in ACTIVE_WINDOWS)}",
         f"- `listener`: {', '.join(LISTENERS)}",
+        f"- `channel`: {', '.join(REPORT_CHANNELS)}",
         "",
         "Outcomes come from `ledger/outcomes.py`, which the gateway's writers share; one outside",
         "these lists still appears as soon as the ledger first counts it.",

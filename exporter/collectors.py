@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from ledger.readings import CardReading, Snapshot
+from ledger.reports import ABANDONED_COUNTER, FAILURES_COUNTER, SENDS_COUNTER
 from ledger.rollups import COMPLETION_BUCKETS
 from ledger.status import STATUSES
 
@@ -28,6 +29,7 @@ from .catalogue import (
     ACTIVE_WINDOWS,
     BTCPAY_CALLBACK_OUTCOMES,
     CALLBACK_OUTCOMES,
+    REPORT_CHANNELS,
     TAP_OUTCOMES,
     WEBHOOK_EVENTS,
     spec,
@@ -180,6 +182,26 @@ class WebhookCollector(SnapshotCollector):
         yield events
 
 
+class ReportCollector(SnapshotCollector):
+    """Report sends, failed attempts and reports given up, every channel zero-filled per store."""
+
+    FAMILIES: tuple[tuple[str, str], ...] = (
+        ("flash_report_sends_total", SENDS_COUNTER),
+        ("flash_report_send_failures_total", FAILURES_COUNTER),
+        ("flash_report_abandoned_total", ABANDONED_COUNTER),
+    )
+
+    def collect(self) -> Iterator[Metric]:
+        stores = known_stores(self.snap)
+        for metric, counter in self.FAMILIES:
+            values = {(store, channel): 0.0 for store in stores for channel in REPORT_CHANNELS}
+            values.update(self.counters(counter))
+            fam = family(metric)
+            for key, value in sorted(values.items()):
+                fam.add_metric(list(key), value)
+            yield fam
+
+
 class FreshnessCollector(SnapshotCollector):
     def collect(self) -> Iterator[Metric]:
         reconcile = family("flash_reconcile_last_success_timestamp_seconds")
@@ -255,6 +277,7 @@ AREA_COLLECTORS: tuple[type[SnapshotCollector], ...] = (
     CardCollector,
     WebhookCollector,
     FreshnessCollector,
+    ReportCollector,
 )
 
 

@@ -17,12 +17,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ledger.reports import sealing_context
 from ledger.rollups import dialect_insert
-from ledger.schema import Boltcard, KeyMaterial, Store
+from ledger.schema import Boltcard, KeyMaterial, ReportSchedule, Store
 from ledger.secretbox import SecretBox, SecretBoxError
 from lnurl_gateway.btcpay_proxy import issuer_k1_context, issuer_key_context
 from lnurl_gateway.btcpay_stores import api_key_context, webhook_secret_context
@@ -52,6 +54,20 @@ SEALED = (
     SealedColumn("webhook secrets", Store, "webhook_secret_sealed", "id", webhook_secret_context),
     SealedColumn("BTCPay issuer keys", Store, "btcpay_issuer_key_sealed", "id", issuer_key_context),
     SealedColumn("BTCPay issuer K1s", Store, "btcpay_issuer_k1_sealed", "id", issuer_k1_context),
+    SealedColumn(
+        "report SMTP passwords",
+        ReportSchedule,
+        "smtp_password_sealed",
+        "id",
+        partial(sealing_context, column="smtp_password_sealed"),
+    ),
+    SealedColumn(
+        "report webhook secrets",
+        ReportSchedule,
+        "webhook_secret_sealed",
+        "id",
+        partial(sealing_context, column="webhook_secret_sealed"),
+    ),
 )
 
 
@@ -131,9 +147,12 @@ async def rotate(engine: AsyncEngine, old: SecretBox, new_key: bytes) -> Checked
     counts: dict[str, int] = {}
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            # No card or store is added or changed under the old key meanwhile. (On SQLite
+            # No card, store or report schedule is added or changed under the old key
+            # meanwhile. (On SQLite
             # the first write below takes the database's write lock, to the same end.)
-            await conn.execute(text("LOCK TABLE stores, boltcards IN EXCLUSIVE MODE"))
+            await conn.execute(
+                text("LOCK TABLE stores, boltcards, report_schedules IN EXCLUSIVE MODE")
+            )
         old = await _with_kept_keys(conn, old)
         fingerprint_keys = {p: old.fingerprint_key(p) for p in FINGERPRINT_PURPOSES}
         new = SecretBox(new_key, fingerprint_keys=fingerprint_keys)

@@ -1,4 +1,5 @@
-"""Running the three listeners (gateway, API, metrics) in one process, or any of them alone."""
+"""Running the three listeners (gateway, API, metrics) and the report schedule in one process,
+or any of them alone."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Protocol
 
 from aiohttp import web
 from sqlalchemy import text
@@ -22,8 +24,14 @@ from .settings import ConfigError, Settings, listen_address
 
 log = logging.getLogger("flash_payouts.serve")
 
-SERVICES = ("gateway", "api", "metrics")
+SERVICES = ("gateway", "api", "metrics", "reports")
+# Services without a listener: a module with ``start(ctx)`` returning something to ``stop()``.
+WORKERS = ("reports",)
 ENGINE_KEY = web.AppKey("flash_engine", AsyncEngine)
+
+
+class Worker(Protocol):
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -69,7 +77,7 @@ async def build_app(name: str, ctx: Context) -> web.Application:
 
 
 def needs_master_key(services: Sequence[str]) -> bool:
-    return "gateway" in services or "api" in services
+    return any(name in services for name in ("gateway", "api", "reports"))
 
 
 async def run_services(
@@ -85,16 +93,27 @@ async def run_services(
         raise ConfigError(
             f"unknown service {sorted(unknown)[0]!r}; choose from {', '.join(SERVICES)}"
         )
-    addresses = {name: listen_address(getattr(settings, f"{name}_listen")) for name in services}
+    addresses = {
+        name: listen_address(getattr(settings, f"{name}_listen"))
+        for name in services
+        if name not in WORKERS
+    }
     box = secret_box(settings) if needs_master_key(services) else None
     engine = await open_ledger(settings)
     runners: list[web.AppRunner] = []
+    workers: list[Worker] = []
     try:
         if box is not None:
             box = await ledger_secret_box(box, engine)
         ctx = Context(settings, engine, box)
         urls: dict[str, str] = {}
         for name in services:
+            if name in WORKERS:
+                module = _service_module(name)
+                assert module is not None
+                workers.append(await module.start(ctx))
+                log.info("%s started", name)
+                continue
             host, port = addresses[name]
             runner = web.AppRunner(await build_app(name, ctx), access_log=None)
             await runner.setup()
@@ -113,6 +132,8 @@ async def run_services(
                 await result
         await _wait_for_stop(stop)
     finally:
+        for worker in reversed(workers):
+            await worker.stop()
         for runner in reversed(runners):
             await runner.cleanup()
         await engine.dispose()

@@ -50,6 +50,13 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -254,8 +261,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "grafana_url",
         "http://localhost:3000",
-        "Grafana's address as people open it: the alerts' links to the boards point there "
-        "(used by `dashboards generate`).",
+        "Grafana's address as people open it: the alerts' links to the boards (used by "
+        "`dashboards generate`) and the scheduled reports' link point there.",
         metavar="URL",
     ),
     Option(
@@ -271,6 +278,43 @@ OPTIONS: tuple[Option, ...] = (
         "Where the user guide is published: each alert's runbook_url is its section there "
         "(used by `dashboards generate`).",
         metavar="URL",
+    ),
+    Option(
+        "report_interval",
+        60.0,
+        "Seconds between checks of the report schedules inside `serve`.",
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_retry_base",
+        60.0,
+        "Seconds before a failed report send is tried again; each further retry waits three "
+        "times as long.",
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_attempts",
+        6,
+        "Attempts at sending one report on one channel before it is given up.",
+        _positive_int,
+        metavar="N",
+    ),
+    Option(
+        "report_send_timeout",
+        30.0,
+        "Seconds one report send (SMTP or webhook) may take.",
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_attachment_max_rows",
+        100_000,
+        "Most payouts a report's spreadsheet attachment holds; a larger period's email says "
+        "how to export them instead.",
+        _non_negative_int,
+        metavar="N",
     ),
     Option("log_level", "info", "Log level: debug, info, warning, error.", metavar="LEVEL"),
 )
@@ -307,6 +351,11 @@ class Settings:
     grafana_url: str = "http://localhost:3000"
     api_url: str = ""
     runbook_url: str = "docs/user-guide.md"
+    report_interval: float = 60.0
+    report_retry_base: float = 60.0
+    report_attempts: int = 6
+    report_send_timeout: float = 30.0
+    report_attachment_max_rows: int = 100_000
     log_level: str = "info"
 
     @property

@@ -184,6 +184,40 @@ async def list_payouts(
     return PayoutPage([payout_dict(r) for r in rows], total, next_after)
 
 
+async def top_cards(
+    conn: AsyncConnection, f: PayoutFilter, *, limit: int = 10
+) -> list[dict[str, Any]]:
+    """The cards that collected the most (by sats) among the payouts matching ``f``.
+
+    Grouped over the matching payouts themselves, so any filter is answered exactly; an export
+    reads those rows anyway.
+    """
+    c = payouts_t.c
+    ranked = (
+        select(
+            c.card_id,
+            func.count().label("payouts"),
+            func.coalesce(func.sum(c.amount_sats), 0).label("sats"),
+        )
+        .where(*_conditions(f), c.card_id.is_not(None))
+        .group_by(c.card_id)
+        .order_by(func.coalesce(func.sum(c.amount_sats), 0).desc(), c.card_id)
+        .limit(limit)
+        .subquery()
+    )
+    rows = (
+        await conn.execute(
+            select(ranked.c.card_id, cards_t.c.alias, ranked.c.payouts, ranked.c.sats)
+            .select_from(ranked.outerjoin(cards_t, cards_t.c.id == ranked.c.card_id))
+            .order_by(ranked.c.sats.desc(), ranked.c.card_id)
+        )
+    ).all()
+    return [
+        {"boltcardId": cid, "alias": alias, "totalPayouts": int(p), "totalAmount": int(s)}
+        for cid, alias, p, s in rows
+    ]
+
+
 def _key_value(value: Any) -> Any:
     # SQLite hands back the coalesced amount as a float or int; keep it exact.
     if isinstance(value, float | int) and not isinstance(value, bool):
@@ -329,9 +363,10 @@ class _Bucket:
 
 
 async def payout_stats(
-    conn: AsyncConnection, store_id: str, start: date, end: date, *, top: int = 10
+    conn: AsyncConnection, store_id: str, start: date | None, end: date | None, *, top: int = 10
 ) -> dict[str, Any]:
-    """Counts and values for the days ``start``..``end`` (inclusive), from the rollups only."""
+    """Counts and values for the days ``start``..``end`` (inclusive; None leaves that side
+    open), from the rollups only."""
     r = payout_rollups_t.c
     rows = (
         await conn.execute(

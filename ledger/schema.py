@@ -357,4 +357,64 @@ class StoreReader(Base):
     created_at: Mapped[datetime]
 
 
+class ReportSchedule(Base):
+    """A store's scheduled report: how often, in which time zone, and where it is sent.
+
+    The SMTP password and the webhook secret are sealed by the caller, with the schedule's id
+    as part of their context.
+    """
+
+    __tablename__ = "report_schedules"
+    __table_args__ = (Index(None, "store_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id"))
+    frequency: Mapped[str] = mapped_column(String(8))  # daily, weekly, monthly
+    time_zone: Mapped[str] = mapped_column(String(64))  # IANA name, such as Europe/Berlin
+    # Local time of day (seconds after midnight) at which a period's report falls due, on the
+    # day the period ends.
+    send_at: Mapped[int] = mapped_column(Integer, default=0)
+    email_to: Mapped[str | None] = mapped_column(Text)  # addresses, comma-separated
+    mail_from: Mapped[str | None] = mapped_column(String(320))
+    smtp_host: Mapped[str | None] = mapped_column(String(255))
+    smtp_port: Mapped[int | None] = mapped_column(Integer)
+    smtp_security: Mapped[str | None] = mapped_column(String(8))  # starttls, tls, none
+    smtp_username: Mapped[str | None] = mapped_column(String(255))
+    smtp_password_sealed: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(String(500))
+    webhook_secret_sealed: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ReportDelivery(Base):
+    """One period's report on one channel (email, webhook) of a schedule.
+
+    Inserting the row claims the period: its primary key lets exactly one exist, however many
+    processes try. Sending it takes a lease by a conditional update, so one process at a time
+    works on it; ``attempts`` is the lease's fencing token.
+    """
+
+    __tablename__ = "report_deliveries"
+    __table_args__ = (Index(None, "status", "next_attempt_at"),)
+
+    schedule_id: Mapped[str] = mapped_column(
+        ForeignKey("report_schedules.id", ondelete="CASCADE"), primary_key=True
+    )
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)  # local, inclusive
+    channel: Mapped[str] = mapped_column(String(8), primary_key=True)
+    store_id: Mapped[str] = mapped_column(String(64))
+    period_end: Mapped[date] = mapped_column(Date)  # local, exclusive
+    due_at: Mapped[datetime]
+    late: Mapped[bool] = mapped_column(Boolean, default=False)  # claimed well after due_at
+    status: Mapped[str] = mapped_column(String(8))  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    leased_by: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
 metadata = Base.metadata

@@ -233,3 +233,24 @@ async def client_on(aiohttp_client, url: str, **config) -> AsyncIterator:  # typ
         yield engine, await api_client(aiohttp_client, engine, **config)
     finally:
         await engine.dispose()
+
+
+def summary_tables(ws) -> dict[str, list[dict]]:
+    """The summary sheet's titled tables, each as rows keyed by its header."""
+    tables: dict[str, list[dict]] = {}
+    rows = list(ws.iter_rows(values_only=True))
+    i = 0
+    while i < len(rows):
+        first = rows[i][0] if rows[i] else None
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        if isinstance(first, str) and nxt and nxt[0] and nxt[1] and first not in tables:
+            header = [h for h in nxt if h is not None]
+            body = []
+            i += 2
+            while i < len(rows) and any(v is not None for v in rows[i]):
+                if rows[i][0] != "none":
+                    body.append(dict(zip(header, rows[i][: len(header)], strict=True)))
+                i += 1
+            tables[first] = body
+        i += 1
+    return tables

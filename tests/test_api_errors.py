@@ -37,7 +37,7 @@ BAD = [
     ("/payouts?minAmount=10&maxAmount=1", "maxAmount"),
     ("/payouts?boltcardId=" + "x" * 65, "boltcardId"),
     ("/payouts?q=%00", "q"),
-    ("/payouts/export?format=xlsx", "format"),
+    ("/payouts/export?format=xls", "format"),
     ("/payouts/stats?startDate=2024-99-01", "startDate"),
     ("/payouts/stats?top=0", "top"),
     ("/boltcards/usage?sort=alias", "sort"),

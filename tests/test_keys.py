@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from test_gateway_flow import (
 )
 
 from flash_payouts.keys import FINGERPRINT_PURPOSES, SEALED, KeyMismatch, check, ledger_box, rotate
+from ledger.reports import Schedule, add_schedule, new_schedule_id, sealing_context
 from ledger.schema import metadata
 from ledger.secretbox import SecretBox
 from ledger.stores import set_issuer_keys, upsert_store
@@ -36,7 +38,7 @@ THIRD_KEY = bytes(range(32, 64))
 
 
 async def sealed_values(engine: AsyncEngine) -> dict[tuple[str, str], str]:
-    """Every sealed value of the ledger, by (column, row id)."""
+    """Every sealed value of the ledger, by ("table.column", row id)."""
     found = {}
     async with engine.connect() as conn:
         for sealed in SEALED:
@@ -47,12 +49,12 @@ async def sealed_values(engine: AsyncEngine) -> dict[tuple[str, str], str]:
                 )
             )
             for key, token in rows:
-                found[(sealed.column, key)] = token
+                found[(f"{table.name}.{sealed.column}", key)] = token
     return found
 
 
 def opened(box: SecretBox, values: dict[tuple[str, str], str]) -> dict[tuple[str, str], bytes]:
-    contexts = {sealed.column: sealed.context for sealed in SEALED}
+    contexts = {f"{s.table.__table__.name}.{s.column}": s.context for s in SEALED}
     return {
         (column, key): box.open(token, context=contexts[column](key))
         for (column, key), token in values.items()
@@ -74,6 +76,33 @@ async def add_store_secrets(engine: AsyncEngine, box: SecretBox) -> None:
             btcpay_issuer_key_sealed=seal_issuer_key(box, "shop", os.urandom(16)),
             btcpay_issuer_k1_sealed=seal_issuer_k1(box, "shop", os.urandom(16)),
         )
+        now = datetime.now(UTC)
+        schedule_id = new_schedule_id()
+        await add_schedule(
+            conn,
+            Schedule(
+                id=schedule_id,
+                store_id="shop",
+                frequency="daily",
+                time_zone="UTC",
+                send_at=0,
+                email_to="o@shop.test",
+                mail_from="r@shop.test",
+                smtp_host="smtp.shop.test",
+                smtp_port=587,
+                smtp_security="starttls",
+                smtp_username="reports",
+                smtp_password_sealed=box.seal_text(
+                    "smtp password", context=sealing_context(schedule_id, "smtp_password_sealed")
+                ),
+                webhook_url="https://hooks.shop.test/r",
+                webhook_secret_sealed=box.seal_text(
+                    "hook secret", context=sealing_context(schedule_id, "webhook_secret_sealed")
+                ),
+                created_at=now,
+                updated_at=now,
+            ),
+        )
 
 
 async def test_rotation_reseals_every_secret_and_the_gateway_reads_its_cards_after(
@@ -85,7 +114,9 @@ async def test_rotation_reseals_every_secret_and_the_gateway_reads_its_cards_aft
         await add_store_secrets(engine, gw.box)
         assert (await gw.tap(*REAL_TAPS[0][:2]))["tag"] == "withdrawRequest"
         before = await sealed_values(engine)
-        assert {column for column, _ in before} == {sealed.column for sealed in SEALED}
+        assert {column for column, _ in before} == {
+            f"{s.table.__table__.name}.{s.column}" for s in SEALED
+        }
 
         rotated = await rotate(engine, gw.box, NEW_KEY)
 

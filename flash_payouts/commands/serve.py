@@ -12,15 +12,16 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p = sub.add_parser(
         "serve",
         parents=parents,
-        help="run the gateway, API and metrics listeners",
+        help="run the gateway, API and metrics listeners and the report schedule",
         description="Run the gateway (Boltcard taps, LNURL callbacks, BTCPay webhooks), the REST "
-        "API and the Prometheus /metrics listener in one process, or only those named.",
+        "API, the Prometheus /metrics listener and the scheduled reports in one process, or "
+        "only those named.",
     )
     p.add_argument(
         "--services",
         default=",".join(SERVICES),
         metavar="LIST",
-        help=f"comma-separated listeners to run (default {','.join(SERVICES)})",
+        help=f"comma-separated services to run (default {','.join(SERVICES)})",
     )
     p.set_defaults(handler=_serve)
 
